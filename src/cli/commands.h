@@ -1,0 +1,54 @@
+// The three subcommands. Each returns the process exit status, or an error for bad input that
+// main prints as one line ("lmig-rdma: <what and where>") with exit status 1.
+//
+// Exit status: 0 guest rebooted/powered off, stopped by a signal or Ctrl-A x, or (src) migrated;
+// 1 bad input or the VM failed (triple fault, KVM error); 3 (src) the migration failed and the
+// guest ran on here until it ended.
+#pragma once
+
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace lmig {
+
+struct VmFlags {
+  std::string kernel;
+  std::string initrd;
+  std::string cmdline;
+  std::string mem = "512M";
+  int cpus = 1;
+  std::string dirty_tracking = "ring";
+  std::string kvm_path = "/dev/kvm";
+};
+
+struct TransportFlags {
+  std::string transport = "rdma";
+  std::string rdma_device;
+  std::string stats_json;
+  int timeout_s = 30;
+};
+
+struct SourceFlags {
+  TransportFlags transport;
+  std::string peer;
+  double migrate_after_s = -1;
+  std::string migrate_on_output;
+  int downtime_target_ms = 50;
+  std::string max_bandwidth = "0";
+  int max_rounds = 30;
+  bool verify_memory = false;
+  bool no_throttle = false;
+};
+
+struct DestFlags {
+  TransportFlags transport;
+  std::string listen;
+  std::string kvm_path = "/dev/kvm";
+};
+
+absl::StatusOr<int> RunCommand(const VmFlags& flags);
+absl::StatusOr<int> SourceCommand(const VmFlags& vm, const SourceFlags& flags);
+absl::StatusOr<int> DestCommand(const DestFlags& flags);
+
+}  // namespace lmig

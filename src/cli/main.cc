@@ -1,0 +1,110 @@
+// lmig-rdma: boot a Linux VM (`run`), run one and live-migrate it (`src`), or receive one and
+// continue it (`dst`).
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_format.h"
+#include "include/lmig/status.h"
+#include "src/cli/commands.h"
+#include "src/cli/options.h"
+
+namespace {
+
+constexpr const char* kDefaultCmdline =
+    "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.nopnp";
+
+void AddVmFlags(CLI::App* app, lmig::VmFlags& f) {
+  app->add_option("--kernel", f.kernel, "Linux bzImage to boot")->required();
+  app->add_option("--initrd", f.initrd, "initramfs (cpio) to load");
+  app->add_option("--cmdline", f.cmdline, "kernel command line")->default_str(kDefaultCmdline);
+  app->add_option("--mem", f.mem, "guest memory, e.g. 512M, 4G")->default_str("512M");
+  app->add_option("--cpus", f.cpus, "vCPUs (1..64)")->default_val(1);
+  app->add_option("--dirty-tracking", f.dirty_tracking,
+                  "dirty page tracking: ring (KVM dirty ring) or bitmap")
+      ->check(CLI::IsMember({"ring", "bitmap"}))
+      ->default_val("ring");
+  app->add_option("--kvm", f.kvm_path, "KVM device")->default_val("/dev/kvm");
+}
+
+void AddTransportFlags(CLI::App* app, lmig::TransportFlags& t) {
+  app->add_option("--transport", t.transport, "tcp or rdma")
+      ->check(CLI::IsMember({"tcp", "rdma"}))
+      ->default_val("rdma");
+  app->add_option("--rdma-device", t.rdma_device, "verbs device to use (default: by address)");
+  app->add_option("--stats-json", t.stats_json, "write the migration statistics here as JSON");
+  app->add_option("--timeout", t.timeout_s, "give up on a silent peer after this many seconds")
+      ->default_val(30);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"lmig-rdma: a VMM that live-migrates Linux VMs over RDMA (or TCP)"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all");
+
+  lmig::VmFlags run_flags;
+  CLI::App* run = app.add_subcommand("run", "boot a VM with its serial console on stdin/stdout");
+  AddVmFlags(run, run_flags);
+
+  lmig::VmFlags src_vm;
+  lmig::SourceFlags src_flags;
+  CLI::App* src = app.add_subcommand("src", "boot a VM and live-migrate it to a destination");
+  AddVmFlags(src, src_vm);
+  AddTransportFlags(src, src_flags.transport);
+  src->add_option("--peer", src_flags.peer, "destination HOST:PORT")->required();
+  src->add_option("--migrate-after", src_flags.migrate_after_s,
+                  "start migrating after this many seconds");
+  src->add_option("--migrate-on-output", src_flags.migrate_on_output,
+                  "start migrating when the guest console prints this text");
+  src->add_option("--downtime-target", src_flags.downtime_target_ms,
+                  "stop-and-copy when the rest fits in this many ms")
+      ->default_val(50);
+  src->add_option("--max-bandwidth", src_flags.max_bandwidth,
+                  "cap the migration rate, e.g. 100M (bytes/s); 0 = no cap")
+      ->default_val("0");
+  src->add_option("--max-rounds", src_flags.max_rounds, "pre-copy round cap")->default_val(30);
+  src->add_flag("--verify-memory", src_flags.verify_memory,
+                "hash all guest memory on both sides at the end (adds downtime)");
+  src->add_flag("--no-throttle", src_flags.no_throttle,
+                "never throttle vCPUs to force convergence");
+
+  lmig::DestFlags dst_flags;
+  CLI::App* dst = app.add_subcommand("dst", "receive a live migration and run the VM");
+  AddTransportFlags(dst, dst_flags.transport);
+  dst->add_option("--listen", dst_flags.listen, "ADDR:PORT to listen on")->required();
+  dst->add_option("--kvm", dst_flags.kvm_path, "KVM device")->default_val("/dev/kvm");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) {
+      return app.exit(e);
+    }
+    std::fprintf(stderr, "lmig-rdma: %s (see --help)\n", e.what());
+    return 2;
+  }
+  if (run_flags.cmdline.empty()) {
+    run_flags.cmdline = kDefaultCmdline;
+  }
+  if (src_vm.cmdline.empty()) {
+    src_vm.cmdline = kDefaultCmdline;
+  }
+
+  absl::StatusOr<int> rc;
+  if (*run) {
+    rc = lmig::RunCommand(run_flags);
+  } else if (*src) {
+    rc = lmig::SourceCommand(src_vm, src_flags);
+  } else {
+    rc = lmig::DestCommand(dst_flags);
+  }
+  if (!rc.ok()) {
+    std::fprintf(stderr, "lmig-rdma: %s\n", std::string(rc.status().message()).c_str());
+    return 1;
+  }
+  return *rc;
+}

@@ -1,0 +1,712 @@
+#include "src/machine/machine.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+
+#include <cstring>
+#include <fstream>
+
+#include "absl/strings/str_format.h"
+#include "include/lmig/status.h"
+#include "src/arch/x86_64/boot.h"
+#include "src/arch/x86_64/cpu.h"
+#include "src/arch/x86_64/layout.h"
+#include "src/arch/x86_64/mptable.h"
+#include "src/machine/state_codec.h"
+
+namespace lmig {
+namespace {
+
+constexpr uint64_t kTssAddress = 0xfffbd000;
+constexpr uint32_t kDirtyRingEntries = 65536;  // KVM_DIRTY_RING_MAX_ENTRIES
+constexpr int kKickSignal = SIGUSR1;
+
+void KickHandler(int) {}
+
+void InstallKickHandler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa {};
+    sa.sa_handler = KickHandler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;  // no SA_RESTART: KVM_RUN must return EINTR
+    sigaction(kKickSignal, &sa, nullptr);
+  });
+}
+
+void SignalEvent(int fd) {
+  const uint64_t one = 1;
+  (void)!::write(fd, &one, sizeof(one));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<uint8_t>> ReadFile(const std::string& path, const char* what) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return ErrnoStatus(absl::StrCat(what, " ", path));
+  }
+  UniqueFd f(fd);
+  struct stat st;
+  if (::fstat(fd, &st) < 0) {
+    return ErrnoStatus(absl::StrCat(what, " ", path));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " ", path, ": not a regular file"));
+  }
+  std::vector<uint8_t> data(static_cast<size_t>(st.st_size));
+  size_t got = 0;
+  while (got < data.size()) {
+    const ssize_t n = ::read(fd, data.data() + got, data.size() - got);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      return ErrnoStatus(absl::StrCat(what, " ", path, ": read"), n == 0 ? EIO : errno);
+    }
+    got += static_cast<size_t>(n);
+  }
+  return data;
+}
+
+absl::StatusOr<std::unique_ptr<ConsoleBuffer>> ConsoleBuffer::Create() {
+  const int fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) {
+    return ErrnoStatus("eventfd");
+  }
+  return std::unique_ptr<ConsoleBuffer>(new ConsoleBuffer(UniqueFd(fd)));
+}
+
+void ConsoleBuffer::Append(uint8_t byte) {
+  bool was_empty;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    was_empty = buf_.empty();
+    buf_.push_back(static_cast<char>(byte));
+  }
+  if (was_empty) {
+    SignalEvent(event_.get());
+  }
+}
+
+std::string ConsoleBuffer::Take() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::exchange(buf_, {});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Machine construction and boot
+
+Machine::Machine(MachineConfig config, Kvm kvm, VmFd vm, GuestMemory mem, UniqueFd stop_event)
+    : config_(std::move(config)),
+      kvm_(std::move(kvm)),
+      vm_(std::move(vm)),
+      memory_(std::move(mem)),
+      dirty_(this),
+      stop_event_(std::move(stop_event)) {}
+
+Machine::~Machine() {
+  if (!threads_.empty()) {
+    RequestStop({ExitInfo::kStopped, "machine destroyed"});
+    Join();
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config,
+                                                         ConsoleBuffer* console) {
+  if (config.num_cpus < 1 || config.num_cpus > x86::kMaxVcpus) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--cpus %d: must be 1..%d", config.num_cpus, x86::kMaxVcpus));
+  }
+  ASSIGN_OR_RETURN(Kvm kvm, Kvm::Open(config.kvm_path));
+  for (auto [cap, name] : {std::pair<long, const char*>{KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"},
+                           {KVM_CAP_PIT2, "KVM_CAP_PIT2"},
+                           {KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"}}) {
+    if (kvm.CheckExtension(cap) == 0) {
+      return absl::FailedPreconditionError(absl::StrCat(config.kvm_path, " lacks ", name));
+    }
+  }
+  ASSIGN_OR_RETURN(VmFd vm, kvm.CreateVm());
+  ASSIGN_OR_RETURN(GuestMemory mem, GuestMemory::Create(config.mem_size));
+  const int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (efd < 0) {
+    return ErrnoStatus("eventfd");
+  }
+  std::unique_ptr<Machine> m(
+      new Machine(config, std::move(kvm), std::move(vm), std::move(mem), UniqueFd(efd)));
+  RETURN_IF_ERROR(m->Init(console));
+  return m;
+}
+
+absl::Status Machine::Init(ConsoleBuffer* console) {
+  InstallKickHandler();
+  RETURN_IF_ERROR(vm_.SetTssAddr(kTssAddress));
+  RETURN_IF_ERROR(vm_.CreateIrqchip());
+  RETURN_IF_ERROR(vm_.CreatePit2());
+
+  size_t ring_bytes = 0;
+  if (config_.dirty_mode == DirtyMode::kRing) {
+    uint32_t cap = KVM_CAP_DIRTY_LOG_RING_ACQ_REL;
+    int max_bytes = vm_.CheckExtension(cap);
+    if (max_bytes <= 0) {
+      cap = KVM_CAP_DIRTY_LOG_RING;
+      max_bytes = vm_.CheckExtension(cap);
+    }
+    if (max_bytes <= 0) {
+      return absl::FailedPreconditionError(
+          "KVM has no dirty ring (KVM_CAP_DIRTY_LOG_RING); use --dirty-tracking bitmap");
+    }
+    ring_bytes = std::min<size_t>(static_cast<size_t>(max_bytes),
+                                  kDirtyRingEntries * sizeof(kvm_dirty_gfn));
+    RETURN_IF_ERROR(Annotate(vm_.EnableCap(cap, ring_bytes), "enabling the dirty ring"));
+  } else {
+    if (vm_.CheckExtension(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) == 0) {
+      return absl::FailedPreconditionError("KVM lacks KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2");
+    }
+    RETURN_IF_ERROR(vm_.EnableCap(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+                                  KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE |
+                                      KVM_DIRTY_LOG_INITIALLY_SET));
+  }
+
+  for (const MemorySlot& s : memory_.slots()) {
+    RETURN_IF_ERROR(
+        vm_.SetUserMemoryRegion(s.id, 0, s.gpa, s.size, memory_.base() + s.ram_offset));
+  }
+
+  ASSIGN_OR_RETURN(size_t mmap_size, kvm_.VcpuMmapSize());
+  ASSIGN_OR_RETURN(std::vector<kvm_cpuid_entry2> cpuid, kvm_.SupportedCpuid());
+  const int xsave2 = vm_.CheckExtension(KVM_CAP_XSAVE2);
+  xsave_size_ = xsave2 > 0 ? static_cast<size_t>(xsave2) : 4096;
+  const bool tsc_deadline = kvm_.CheckExtension(KVM_CAP_TSC_DEADLINE_TIMER) > 0;
+  for (int i = 0; i < config_.num_cpus; ++i) {
+    ASSIGN_OR_RETURN(VcpuFd v, vm_.CreateVcpu(i, mmap_size, ring_bytes));
+    auto vcpu = std::make_unique<VcpuFd>(std::move(v));
+    RETURN_IF_ERROR(vcpu->SetCpuid(x86::FilterCpuid(cpuid, i, config_.num_cpus,
+                                                         tsc_deadline)));
+    RETURN_IF_ERROR(vcpu->SetMsrs(x86::BootMsrs()));
+    ASSIGN_OR_RETURN(kvm_lapic_state lapic, vcpu->GetLapic());
+    x86::SetupLapicLint(lapic);
+    RETURN_IF_ERROR(vcpu->SetLapic(lapic));
+    vcpus_.push_back(std::move(vcpu));
+  }
+  ASSIGN_OR_RETURN(msr_indices_, SavableMsrs());
+
+  uart_ = std::make_unique<Uart>([console](uint8_t b) { console->Append(b); },
+                                 [this](bool level) {
+                                   absl::Status s = vm_.IrqLine(x86::kCom1Irq, level);
+                                   if (!s.ok()) {
+                                     std::fprintf(stderr, "lmig-rdma: UART interrupt: %s\n",
+                                                  std::string(s.message()).c_str());
+                                   }
+                                 });
+  i8042_ = std::make_unique<I8042>(
+      [this] { RequestStop({ExitInfo::kReset, "guest reset (i8042 0xfe)"}); });
+  cmos_ = std::make_unique<Cmos>();
+  pio_.Register(x86::kCom1Port, 8, uart_.get());
+  pio_.Register(x86::kI8042DataPort, 5, i8042_.get());
+  pio_.Register(x86::kCmosIndexPort, 2, cmos_.get());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<uint32_t>> Machine::SavableMsrs() {
+  ASSIGN_OR_RETURN(std::vector<uint32_t> all, kvm_.MsrIndexList());
+  std::vector<uint32_t> ok;
+  for (uint32_t idx : all) {
+    auto got = vcpus_[0]->GetMsrs({idx});
+    if (got.ok() && got->size() == 1) {
+      ok.push_back(idx);
+    }
+  }
+  return ok;
+}
+
+absl::Status Machine::LoadLinux(const BootConfig& boot) {
+  ASSIGN_OR_RETURN(std::vector<uint8_t> image, ReadFile(boot.kernel, "kernel"));
+  auto parsed = x86::ParseBzImage(image);
+  if (!parsed.ok()) {
+    return Annotate(parsed.status(), absl::StrCat("kernel ", boot.kernel));
+  }
+  const x86::BzImage& k = *parsed;
+  const x86::RamLayout& ram = memory_.layout();
+  if (ram.total() < x86::MinimumMemory(k)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--mem %dMiB is too small for kernel %s: it needs at least %dMiB", ram.total() >> 20,
+        boot.kernel, (x86::MinimumMemory(k) + (1 << 20) - 1) >> 20));
+  }
+  std::span<uint8_t> low = memory_.low();
+  std::memcpy(&low[x86::kKernelStart], image.data() + k.payload_offset, k.payload_size);
+
+  uint64_t initrd_addr = 0, initrd_size = 0;
+  if (!boot.initrd.empty()) {
+    ASSIGN_OR_RETURN(std::vector<uint8_t> initrd, ReadFile(boot.initrd, "initrd"));
+    auto addr = x86::PlaceInitrd(k, ram, initrd.size());
+    if (!addr.ok()) {
+      return Annotate(addr.status(), absl::StrCat("initrd ", boot.initrd));
+    }
+    initrd_addr = *addr;
+    initrd_size = initrd.size();
+    std::memcpy(&low[initrd_addr], initrd.data(), initrd.size());
+  }
+  if (boot.cmdline.size() + 1 > std::min<uint64_t>(k.cmdline_size + 1, x86::kCmdlineMax)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--cmdline is %d bytes; the kernel accepts at most %d", boot.cmdline.size(),
+        k.cmdline_size));
+  }
+  std::memcpy(&low[x86::kCmdlineStart], boot.cmdline.c_str(), boot.cmdline.size() + 1);
+
+  const boot_params bp =
+      x86::BuildBootParams(k, x86::BuildE820(ram), initrd_addr, initrd_size);
+  std::memcpy(&low[x86::kBootParamsStart], &bp, sizeof(bp));
+
+  ASSIGN_OR_RETURN(x86::MpTables mp, x86::BuildMpTables(config_.num_cpus));
+  std::memcpy(&low[x86::kEbdaStart], mp.floating_pointer.data(), mp.floating_pointer.size());
+  std::memcpy(&low[x86::kMpConfigStart], mp.config_table.data(), mp.config_table.size());
+  const uint16_t ebda_segment = x86::kEbdaStart >> 4;
+  std::memcpy(&low[x86::kBdaEbdaPointer], &ebda_segment, 2);
+
+  const bool long_mode = k.Supports64BitEntry();
+  x86::WriteBootGdt(low, long_mode);
+  if (long_mode) {
+    x86::WriteBootPageTables(low);
+  }
+  VcpuFd& bsp = *vcpus_[0];
+  ASSIGN_OR_RETURN(kvm_sregs sregs, bsp.GetSregs());
+  RETURN_IF_ERROR(bsp.SetSregs(x86::BootSregs(sregs, long_mode)));
+  const uint64_t entry =
+      long_mode ? x86::kKernelStart + x86::kKernel64EntryOffset : k.code32_start;
+  RETURN_IF_ERROR(bsp.SetRegs(x86::BootRegs(entry)));
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// vCPU threads
+
+absl::Status Machine::Start() {
+  std::lock_guard<std::mutex> lock(mu_);
+  running_threads_ = num_vcpus();
+  for (int i = 0; i < num_vcpus(); ++i) {
+    threads_.emplace_back([this, i] { VcpuLoop(i); });
+  }
+  return absl::OkStatus();
+}
+
+void Machine::VcpuLoop(int index) {
+  VcpuFd& vcpu = *vcpus_[index];
+  char name[16];
+  std::snprintf(name, sizeof(name), "vcpu%d", index);
+  pthread_setname_np(pthread_self(), name);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, kKickSignal);
+  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+  for (;;) {
+    vcpu.run()->immediate_exit = 0;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (stop_) {
+        break;
+      }
+      if (pause_requested_) {
+        ++parked_;
+        cv_.notify_all();
+        cv_.wait(lock, [&] { return !pause_requested_ || stop_; });
+        --parked_;
+        continue;
+      }
+    }
+    const int err = vcpu.Run();
+    if (err == EINTR || err == EAGAIN) {
+      continue;
+    }
+    if (err != 0) {
+      RequestStop({ExitInfo::kError,
+                   absl::StrFormat("KVM_RUN vcpu=%d: %s", index, std::strerror(err))});
+      break;
+    }
+    exits_.fetch_add(1, std::memory_order_relaxed);
+    if (!HandleExit(vcpu)) {
+      break;
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  --running_threads_;
+  cv_.notify_all();
+}
+
+bool Machine::HandleExit(VcpuFd& vcpu) {
+  kvm_run* run = vcpu.run();
+  auto rip = [&] {
+    auto regs = vcpu.GetRegs();
+    return regs.ok() ? regs->rip : 0;
+  };
+  switch (run->exit_reason) {
+    case KVM_EXIT_IO: {
+      uint8_t* data = reinterpret_cast<uint8_t*>(run) + run->io.data_offset;
+      for (uint32_t i = 0; i < run->io.count; ++i, data += run->io.size) {
+        if (run->io.direction == KVM_EXIT_IO_OUT) {
+          pio_.Write(run->io.port, data, run->io.size);
+        } else {
+          pio_.Read(run->io.port, data, run->io.size);
+        }
+      }
+      return true;
+    }
+    case KVM_EXIT_MMIO:
+      if (!run->mmio.is_write) {
+        std::memset(run->mmio.data, 0xff, sizeof(run->mmio.data));
+      }
+      return true;
+    case KVM_EXIT_INTR:
+    case KVM_EXIT_HLT:
+      return true;
+    case KVM_EXIT_DIRTY_RING_FULL: {
+      absl::Status s = dirty_.HarvestRingFull(vcpu.id());
+      if (!s.ok()) {
+        RequestStop({ExitInfo::kError, absl::StrCat("dirty ring full: ", s.message())});
+        return false;
+      }
+      return true;
+    }
+    case KVM_EXIT_SYSTEM_EVENT:
+      switch (run->system_event.type) {
+        case KVM_SYSTEM_EVENT_RESET:
+          RequestStop({ExitInfo::kReset, "guest reset"});
+          return false;
+        case KVM_SYSTEM_EVENT_SHUTDOWN:
+          RequestStop({ExitInfo::kShutdown, "guest powered off"});
+          return false;
+        default:
+          RequestStop({ExitInfo::kError, absl::StrFormat("guest system event %d (crash)",
+                                                         run->system_event.type)});
+          return false;
+      }
+    case KVM_EXIT_SHUTDOWN:
+      RequestStop({ExitInfo::kError,
+                    absl::StrFormat("vcpu %d: triple fault (KVM_EXIT_SHUTDOWN) at rip=0x%x",
+                                    vcpu.id(), rip())});
+      return false;
+    case KVM_EXIT_FAIL_ENTRY:
+      RequestStop({ExitInfo::kError,
+                    absl::StrFormat("vcpu %d: VM entry failed, reason 0x%x, rip=0x%x",
+                                    vcpu.id(),
+                                    run->fail_entry.hardware_entry_failure_reason, rip())});
+      return false;
+    case KVM_EXIT_INTERNAL_ERROR:
+      RequestStop({ExitInfo::kError,
+                    absl::StrFormat("vcpu %d: KVM internal error, suberror %d, rip=0x%x",
+                                    vcpu.id(), run->internal.suberror, rip())});
+      return false;
+    default:
+      RequestStop({ExitInfo::kError,
+                    absl::StrFormat("vcpu %d: unhandled KVM exit reason %d at rip=0x%x",
+                                    vcpu.id(), run->exit_reason, rip())});
+      return false;
+  }
+}
+
+void Machine::RequestStop(ExitInfo reason) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (exit_.kind == ExitInfo::kRunning) {
+      exit_ = std::move(reason);
+    }
+    stop_ = true;
+    cv_.notify_all();
+  }
+  for (size_t i = 0; i < threads_.size(); ++i) {
+    vcpus_[i]->run()->immediate_exit = 1;
+    if (threads_[i].joinable() && threads_[i].get_id() != std::this_thread::get_id()) {
+      pthread_kill(threads_[i].native_handle(), kKickSignal);
+    }
+  }
+  SignalEvent(stop_event_.get());
+}
+
+ExitInfo Machine::exit_info() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return exit_;
+}
+
+void Machine::Join() {
+  for (std::thread& t : threads_) {
+    if (t.joinable()) {
+      t.join();
+    }
+  }
+  threads_.clear();
+}
+
+void Machine::Pause() {
+  std::unique_lock<std::mutex> lock(mu_);
+  pause_requested_ = true;
+  for (size_t i = 0; i < threads_.size(); ++i) {
+    vcpus_[i]->run()->immediate_exit = 1;
+    pthread_kill(threads_[i].native_handle(), kKickSignal);
+  }
+  cv_.wait(lock, [&] { return parked_ >= running_threads_; });
+}
+
+void Machine::Resume() {
+  std::lock_guard<std::mutex> lock(mu_);
+  pause_requested_ = false;
+  cv_.notify_all();
+}
+
+// ---------------------------------------------------------------------------------------------
+// State save / restore (Documentation/virt/kvm/api.rst; restore order as Firecracker/QEMU:
+// CPUID first, LAPIC before MSRs so TSC_DEADLINE sticks, events last)
+
+absl::StatusOr<std::vector<uint8_t>> Machine::SaveState() {
+  StateWriter w;
+  for (auto& vp : vcpus_) {
+    VcpuFd& v = *vp;
+    const uint32_t id = static_cast<uint32_t>(v.id());
+    ASSIGN_OR_RETURN(std::vector<kvm_cpuid_entry2> cpuid, v.GetCpuid());
+    w.Add(StateTag::kCpuid, id, cpuid.data(), cpuid.size() * sizeof(kvm_cpuid_entry2));
+    ASSIGN_OR_RETURN(kvm_mp_state mp, v.GetMpState());
+    w.AddPod(StateTag::kMpState, id, mp);
+    ASSIGN_OR_RETURN(kvm_regs regs, v.GetRegs());
+    w.AddPod(StateTag::kRegs, id, regs);
+    ASSIGN_OR_RETURN(kvm_sregs sregs, v.GetSregs());
+    w.AddPod(StateTag::kSregs, id, sregs);
+    ASSIGN_OR_RETURN(std::vector<uint8_t> xsave, v.GetXsave(xsave_size_));
+    w.Add(StateTag::kXsave, id, xsave.data(), xsave.size());
+    ASSIGN_OR_RETURN(kvm_xcrs xcrs, v.GetXcrs());
+    w.AddPod(StateTag::kXcrs, id, xcrs);
+    ASSIGN_OR_RETURN(kvm_lapic_state lapic, v.GetLapic());
+    w.AddPod(StateTag::kLapic, id, lapic);
+    ASSIGN_OR_RETURN(std::vector<kvm_msr_entry> msrs, v.GetMsrs(msr_indices_));
+    if (msrs.size() != msr_indices_.size()) {
+      return absl::InternalError(absl::StrFormat("KVM_GET_MSRS vcpu=%d: read %d of %d MSRs",
+                                                 id, msrs.size(), msr_indices_.size()));
+    }
+    w.Add(StateTag::kMsrs, id, msrs.data(), msrs.size() * sizeof(kvm_msr_entry));
+    ASSIGN_OR_RETURN(kvm_vcpu_events ev, v.GetVcpuEvents());
+    w.AddPod(StateTag::kVcpuEvents, id, ev);
+    ASSIGN_OR_RETURN(kvm_debugregs dr, v.GetDebugRegs());
+    w.AddPod(StateTag::kDebugRegs, id, dr);
+  }
+  for (uint32_t chip : {KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC}) {
+    ASSIGN_OR_RETURN(kvm_irqchip c, vm_.GetIrqchip(chip));
+    w.AddPod(StateTag::kIrqchip, kVmWide, c);
+  }
+  ASSIGN_OR_RETURN(kvm_pit_state2 pit, vm_.GetPit2());
+  w.AddPod(StateTag::kPit2, kVmWide, pit);
+  ASSIGN_OR_RETURN(kvm_clock_data clock, vm_.GetClock());
+  w.AddPod(StateTag::kClock, kVmWide, clock);
+  const std::vector<uint8_t> uart = uart_->Save().Serialize();
+  w.Add(StateTag::kUart, kVmWide, uart.data(), uart.size());
+  return w.Finish();
+}
+
+absl::Status Machine::RestoreState(std::span<const uint8_t> blob) {
+  ASSIGN_OR_RETURN(std::vector<StateRecord> recs, ParseState(blob));
+  std::vector<int> seen(num_vcpus(), 0);
+  bool have_clock = false, have_uart = false;
+  int irqchips = 0;
+  for (const StateRecord& r : recs) {
+    if (r.vcpu != kVmWide && r.vcpu >= static_cast<uint32_t>(num_vcpus())) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "state names vcpu %d but this machine has %d", r.vcpu, num_vcpus()));
+    }
+    VcpuFd* v = r.vcpu == kVmWide ? nullptr : vcpus_[r.vcpu].get();
+    if (v == nullptr && r.tag < StateTag::kIrqchip) {
+      return absl::InvalidArgumentError("vCPU state record without a vCPU");
+    }
+    if (v != nullptr) {
+      ++seen[r.vcpu];
+    }
+    switch (r.tag) {
+      case StateTag::kCpuid: {
+        std::vector<kvm_cpuid_entry2> e(r.data.size() / sizeof(kvm_cpuid_entry2));
+        std::memcpy(e.data(), r.data.data(), e.size() * sizeof(kvm_cpuid_entry2));
+        RETURN_IF_ERROR(v->SetCpuid(e));
+        break;
+      }
+      case StateTag::kMpState: {
+        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_mp_state>(r));
+        RETURN_IF_ERROR(v->SetMpState(x));
+        break;
+      }
+      case StateTag::kRegs: {
+        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_regs>(r));
+        RETURN_IF_ERROR(v->SetRegs(x));
+        break;
+      }
+      case StateTag::kSregs: {
+        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_sregs>(r));
+        RETURN_IF_ERROR(v->SetSregs(x));
+        break;
+      }
+      case StateTag::kXsave:
+        RETURN_IF_ERROR(v->SetXsave(std::vector<uint8_t>(r.data.begin(), r.data.end())));
+        break;
+      case StateTag::kXcrs: {
+        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_xcrs>(r));
+        RETURN_IF_ERROR(v->SetXcrs(x));
+        break;
+      }
+      case StateTag::kLapic: {
+        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_lapic_state>(r));
+        RETURN_IF_ERROR(v->SetLapic(x));
+        break;
+      }
+      case StateTag::kMsrs: {
+        std::vector<kvm_msr_entry> e(r.data.size() / sizeof(kvm_msr_entry));
+        std::memcpy(e.data(), r.data.data(), e.size() * sizeof(kvm_msr_entry));
+        RETURN_IF_ERROR(v->SetMsrs(e));
+        break;
+      }
+      case StateTag::kVcpuEvents: {
+        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_vcpu_events>(r));
+        RETURN_IF_ERROR(v->SetVcpuEvents(x));
+        break;
+      }
+      case StateTag::kDebugRegs: {
+        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_debugregs>(r));
+        RETURN_IF_ERROR(v->SetDebugRegs(x));
+        break;
+      }
+      case StateTag::kIrqchip: {
+        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_irqchip>(r));
+        RETURN_IF_ERROR(vm_.SetIrqchip(x));
+        ++irqchips;
+        break;
+      }
+      case StateTag::kPit2: {
+        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_pit_state2>(r));
+        RETURN_IF_ERROR(vm_.SetPit2(x));
+        break;
+      }
+      case StateTag::kClock: {
+        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_clock_data>(r));
+        RETURN_IF_ERROR(vm_.SetClock(x));
+        have_clock = true;
+        break;
+      }
+      case StateTag::kUart: {
+        ASSIGN_OR_RETURN(UartState u, UartState::Deserialize(r.data));
+        uart_->Restore(u);
+        have_uart = true;
+        break;
+      }
+      case StateTag::kInvalid:
+        return absl::InvalidArgumentError("state record with tag 0");
+    }
+  }
+  constexpr int kRecordsPerVcpu = 10;
+  for (int i = 0; i < num_vcpus(); ++i) {
+    if (seen[i] != kRecordsPerVcpu) {
+      return absl::DataLossError(absl::StrFormat(
+          "incomplete state: vcpu %d has %d of %d records", i, seen[i], kRecordsPerVcpu));
+    }
+  }
+  if (!have_clock || !have_uart || irqchips != 3) {
+    return absl::DataLossError("incomplete state: VM-wide records missing");
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dirty tracking
+
+absl::Status DirtyLog::SetLogging(bool on) {
+  const GuestMemory& mem = m_->memory_;
+  for (const MemorySlot& s : mem.slots()) {
+    RETURN_IF_ERROR(m_->vm_.SetUserMemoryRegion(s.id, on ? KVM_MEM_LOG_DIRTY_PAGES : 0, s.gpa,
+                                                s.size, mem.base() + s.ram_offset));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DirtyLog::Start() {
+  std::lock_guard<std::mutex> lock(mu_);
+  pending_ = PageBitmap(m_->memory_.num_pages());
+  fetch_index_.assign(m_->vcpus_.size(), 0);
+  RETURN_IF_ERROR(SetLogging(true));
+  active_ = true;
+  if (m_->config_.dirty_mode == DirtyMode::kBitmap) {
+    // Initially-all-set: clear (write-protect) everything now, so Collect reports only writes
+    // that happen from here on, as with the ring.
+    for (const MemorySlot& s : m_->memory_.slots()) {
+      std::vector<uint64_t> all((s.size / GuestMemory::kPageSize + 63) / 64, ~0ull);
+      RETURN_IF_ERROR(m_->vm_.ClearDirtyLog(
+          s.id, 0, static_cast<uint32_t>(s.size / GuestMemory::kPageSize), all.data()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+uint64_t DirtyLog::HarvestRing(int vcpu) {
+  VcpuFd& v = *m_->vcpus_[vcpu];
+  kvm_dirty_gfn* ring = v.dirty_ring();
+  const uint32_t n = v.dirty_ring_entries();
+  if (ring == nullptr || n == 0) {
+    return 0;
+  }
+  const auto& slots = m_->memory_.slots();
+  uint64_t count = 0;
+  for (;;) {
+    kvm_dirty_gfn& e = ring[fetch_index_[vcpu] & (n - 1)];
+    if ((__atomic_load_n(&e.flags, __ATOMIC_ACQUIRE) & KVM_DIRTY_GFN_F_DIRTY) == 0) {
+      break;
+    }
+    const uint32_t slot = e.slot & 0xffff;  // low 16 bits: slot id (address space 0)
+    if (slot < slots.size()) {
+      pending_.Set(slots[slot].ram_offset / GuestMemory::kPageSize + e.offset);
+    }
+    __atomic_store_n(&e.flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
+    ++fetch_index_[vcpu];
+    ++count;
+  }
+  return count;
+}
+
+absl::Status DirtyLog::HarvestRingFull(int vcpu) {
+  std::lock_guard<std::mutex> lock(mu_);
+  HarvestRing(vcpu);
+  return m_->vm_.ResetDirtyRings();
+}
+
+absl::Status DirtyLog::Collect(PageBitmap& out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!active_) {
+    return absl::FailedPreconditionError("dirty logging is not started");
+  }
+  if (m_->config_.dirty_mode == DirtyMode::kRing) {
+    for (int i = 0; i < m_->num_vcpus(); ++i) {
+      HarvestRing(i);
+    }
+    RETURN_IF_ERROR(m_->vm_.ResetDirtyRings());
+  } else {
+    for (const MemorySlot& s : m_->memory_.slots()) {
+      const uint64_t pages = s.size / GuestMemory::kPageSize;
+      std::vector<uint64_t> bits((pages + 63) / 64, 0);
+      RETURN_IF_ERROR(m_->vm_.GetDirtyLog(s.id, bits.data()));
+      RETURN_IF_ERROR(
+          m_->vm_.ClearDirtyLog(s.id, 0, static_cast<uint32_t>(pages), bits.data()));
+      pending_.OrWords(s.ram_offset / GuestMemory::kPageSize, bits.data(), pages);
+    }
+  }
+  auto& dst = out.words();
+  auto& src = pending_.words();
+  for (size_t i = 0; i < dst.size() && i < src.size(); ++i) {
+    dst[i] |= src[i];
+  }
+  pending_.Clear();
+  return absl::OkStatus();
+}
+
+absl::Status DirtyLog::Stop() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!active_) {
+    return absl::OkStatus();
+  }
+  active_ = false;
+  return SetLogging(false);
+}
+
+}  // namespace lmig

@@ -1,0 +1,167 @@
+// A running x86 VM: guest memory, the KVM VM and its vCPUs (one thread each), the legacy
+// devices, dirty tracking and whole-machine state save/restore.
+//
+// Threads: every vCPU runs KVM_RUN on its own thread and handles port I/O there (devices lock
+// themselves). The owner (the reactor thread) calls Start/Pause/Resume/RequestStop; state
+// save/restore happens only while the vCPUs are parked (Pause) or not yet started.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "src/base/unique_fd.h"
+#include "src/devices/pio_bus.h"
+#include "src/devices/uart.h"
+#include "src/kvm/kvm.h"
+#include "src/machine/guest_memory.h"
+
+namespace lmig {
+
+enum class DirtyMode { kRing, kBitmap };
+
+struct MachineConfig {
+  uint64_t mem_size = 512ull << 20;
+  int num_cpus = 1;
+  DirtyMode dirty_mode = DirtyMode::kRing;
+  std::string kvm_path = "/dev/kvm";
+};
+
+struct BootConfig {
+  std::string kernel;
+  std::string initrd;  // may be empty
+  std::string cmdline;
+};
+
+// Why the machine stopped.
+struct ExitInfo {
+  enum Kind { kRunning = 0, kReset, kShutdown, kError, kStopped } kind = kRunning;
+  std::string message;
+};
+
+// Guest console output, filled by the UART on vCPU threads and drained by the reactor, which an
+// eventfd wakes.
+class ConsoleBuffer {
+ public:
+  static absl::StatusOr<std::unique_ptr<ConsoleBuffer>> Create();
+  void Append(uint8_t byte);
+  std::string Take();
+  int event_fd() const { return event_.get(); }
+
+ private:
+  explicit ConsoleBuffer(UniqueFd fd) : event_(std::move(fd)) {}
+  std::mutex mu_;
+  std::string buf_;
+  UniqueFd event_;
+};
+
+class Machine;
+
+// KVM dirty page tracking over all of guest RAM: the dirty ring (default) or the dirty bitmap
+// with manual protect (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, initially all set).
+class DirtyLog {
+ public:
+  explicit DirtyLog(Machine* m) : m_(m) {}
+  // Turns logging on; from now on Collect returns the pages written since the previous call.
+  absl::Status Start();
+  // Adds the pages dirtied since Start/the last Collect to OUT and re-protects them, so that a
+  // write after Collect returns is reported by the next Collect.
+  absl::Status Collect(PageBitmap& out);
+  absl::Status Stop();
+  // Called on a vCPU thread on KVM_EXIT_DIRTY_RING_FULL: harvests that vCPU's ring.
+  absl::Status HarvestRingFull(int vcpu);
+  bool active() const { return active_; }
+
+ private:
+  absl::Status SetLogging(bool on);
+  uint64_t HarvestRing(int vcpu);  // caller holds mu_
+  Machine* m_;
+  std::mutex mu_;
+  PageBitmap pending_;
+  std::vector<uint32_t> fetch_index_;
+  bool active_ = false;
+};
+
+class Machine {
+ public:
+  // Creates the VM: memory, irqchip, PIT, vCPUs with CPUID/MSRs/LAPIC set, devices.
+  // Console output goes to CONSOLE.
+  static absl::StatusOr<std::unique_ptr<Machine>> Create(const MachineConfig& config,
+                                                         ConsoleBuffer* console);
+  ~Machine();
+
+  // Loads a bzImage + initramfs as the boot protocol says and points vCPU 0 at its entry.
+  absl::Status LoadLinux(const BootConfig& boot);
+
+  // Starts the vCPU threads.
+  absl::Status Start();
+  // Parks every vCPU outside KVM_RUN; returns once all are parked.
+  void Pause();
+  void Resume();
+  // Stops the machine for REASON (the first reason wins), kicks every vCPU, signals stop_fd.
+  void RequestStop(ExitInfo reason);
+  // Readable (eventfd) once the machine has stopped.
+  int stop_fd() const { return stop_event_.get(); }
+  ExitInfo exit_info() const;
+  // Joins the vCPU threads (after RequestStop).
+  void Join();
+
+  // Machine state (all vCPUs, irqchips, PIT, clock, UART). Call only while paused or before
+  // Start. Restore is for a machine created with the same config.
+  absl::StatusOr<std::vector<uint8_t>> SaveState();
+  absl::Status RestoreState(std::span<const uint8_t> state);
+
+  const MachineConfig& config() const { return config_; }
+  GuestMemory& memory() { return memory_; }
+  VmFd& vm() { return vm_; }
+  Uart& uart() { return *uart_; }
+  DirtyLog& dirty_log() { return dirty_; }
+  int num_vcpus() const { return static_cast<int>(vcpus_.size()); }
+  VcpuFd& vcpu(int i) { return *vcpus_[i]; }
+  // Total KVM exits so far (all vCPUs), for tests and stats.
+  uint64_t exit_count() const { return exits_.load(); }
+
+ private:
+  Machine(MachineConfig config, Kvm kvm, VmFd vm, GuestMemory mem, UniqueFd stop_event);
+  absl::Status Init(ConsoleBuffer* console);
+  void VcpuLoop(int index);
+  bool HandleExit(VcpuFd& vcpu);  // false: stop this vCPU
+  absl::StatusOr<std::vector<uint32_t>> SavableMsrs();
+
+  MachineConfig config_;
+  Kvm kvm_;
+  VmFd vm_;
+  GuestMemory memory_;
+  std::vector<std::unique_ptr<VcpuFd>> vcpus_;
+  std::vector<std::thread> threads_;
+  std::vector<uint32_t> msr_indices_;
+  size_t xsave_size_ = 0;
+  PioBus pio_;
+  std::unique_ptr<Uart> uart_;
+  std::unique_ptr<I8042> i8042_;
+  std::unique_ptr<Cmos> cmos_;
+  DirtyLog dirty_;
+  friend class DirtyLog;
+
+  // vCPU run control.
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool pause_requested_ = false;
+  int parked_ = 0;
+  int running_threads_ = 0;
+  std::atomic<bool> stop_{false};
+  ExitInfo exit_;
+  UniqueFd stop_event_;
+  std::atomic<uint64_t> exits_{0};
+};
+
+// Reads a whole file; errors name the path ("kernel /x: No such file or directory").
+absl::StatusOr<std::vector<uint8_t>> ReadFile(const std::string& path, const char* what);
+
+}  // namespace lmig
