@@ -26,6 +26,7 @@ struct TransportFlags {
   std::string transport = "rdma";
   std::string rdma_device;
   std::string stats_json;
+  std::string key;  // shared migration key; both sides must agree
   int timeout_s = 30;
 };
 

@@ -35,6 +35,7 @@ void AddTransportFlags(CLI::App* app, lmig::TransportFlags& t) {
       ->default_val("rdma");
   app->add_option("--rdma-device", t.rdma_device, "verbs device to use (default: by address)");
   app->add_option("--stats-json", t.stats_json, "write the migration statistics here as JSON");
+  app->add_option("--key", t.key, "shared migration key (both sides must give the same)");
   app->add_option("--timeout", t.timeout_s, "give up on a silent peer after this many seconds")
       ->default_val(30);
 }

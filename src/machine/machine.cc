@@ -109,6 +109,7 @@ Machine::Machine(MachineConfig config, Kvm kvm, VmFd vm, GuestMemory mem, Unique
       stop_event_(std::move(stop_event)) {}
 
 Machine::~Machine() {
+  SetThrottle(0);
   if (!threads_.empty()) {
     RequestStop({ExitInfo::kStopped, "machine destroyed"});
     Join();
@@ -184,8 +185,8 @@ absl::Status Machine::Init(ConsoleBuffer* console) {
   for (int i = 0; i < config_.num_cpus; ++i) {
     ASSIGN_OR_RETURN(VcpuFd v, vm_.CreateVcpu(i, mmap_size, ring_bytes));
     auto vcpu = std::make_unique<VcpuFd>(std::move(v));
-    RETURN_IF_ERROR(vcpu->SetCpuid(x86::FilterCpuid(cpuid, i, config_.num_cpus,
-                                                         tsc_deadline)));
+    cpuid_.push_back(x86::FilterCpuid(cpuid, i, config_.num_cpus, tsc_deadline));
+    RETURN_IF_ERROR(vcpu->SetCpuid(cpuid_.back()));
     RETURN_IF_ERROR(vcpu->SetMsrs(x86::BootMsrs()));
     ASSIGN_OR_RETURN(kvm_lapic_state lapic, vcpu->GetLapic());
     x86::SetupLapicLint(lapic);
@@ -319,6 +320,11 @@ void Machine::VcpuLoop(int index) {
     }
     const int err = vcpu.Run();
     if (err == EINTR || err == EAGAIN) {
+      const int pct = throttle_pct_.load();
+      if (pct > 0) {
+        // Sleep so that the vCPU runs (100 - pct)% of each 10 ms slice.
+        std::this_thread::sleep_for(std::chrono::microseconds(10000 * pct / (100 - pct)));
+      }
       continue;
     }
     if (err != 0) {
@@ -439,6 +445,31 @@ void Machine::Join() {
   threads_.clear();
 }
 
+void Machine::SetThrottle(int pct) {
+  pct = std::clamp(pct, 0, 99);
+  const int old = throttle_pct_.exchange(pct);
+  if (pct > 0 && old == 0) {
+    throttle_thread_ = std::thread([this] { ThrottleLoop(); });
+  } else if (pct == 0 && throttle_thread_.joinable()) {
+    throttle_thread_.join();
+  }
+}
+
+void Machine::ThrottleLoop() {
+  pthread_setname_np(pthread_self(), "throttle");
+  while (throttle_pct_.load() > 0 && !stop_.load()) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t i = 0; i < threads_.size(); ++i) {
+        vcpus_[i]->run()->immediate_exit = 1;
+        pthread_kill(threads_[i].native_handle(), kKickSignal);
+      }
+    }
+    const int pct = throttle_pct_.load();
+    std::this_thread::sleep_for(std::chrono::microseconds(10000 + 10000 * pct / (100 - pct)));
+  }
+}
+
 void Machine::Pause() {
   std::unique_lock<std::mutex> lock(mu_);
   pause_requested_ = true;
@@ -464,7 +495,8 @@ absl::StatusOr<std::vector<uint8_t>> Machine::SaveState() {
   for (auto& vp : vcpus_) {
     VcpuFd& v = *vp;
     const uint32_t id = static_cast<uint32_t>(v.id());
-    ASSIGN_OR_RETURN(std::vector<kvm_cpuid_entry2> cpuid, v.GetCpuid());
+    // KVM_GET_CPUID2 is not in every kernel's uapi; the VMM set the table, so it knows it.
+    const std::vector<kvm_cpuid_entry2>& cpuid = cpuid_[id];
     w.Add(StateTag::kCpuid, id, cpuid.data(), cpuid.size() * sizeof(kvm_cpuid_entry2));
     ASSIGN_OR_RETURN(kvm_mp_state mp, v.GetMpState());
     w.AddPod(StateTag::kMpState, id, mp);
@@ -524,6 +556,7 @@ absl::Status Machine::RestoreState(std::span<const uint8_t> blob) {
         std::vector<kvm_cpuid_entry2> e(r.data.size() / sizeof(kvm_cpuid_entry2));
         std::memcpy(e.data(), r.data.data(), e.size() * sizeof(kvm_cpuid_entry2));
         RETURN_IF_ERROR(v->SetCpuid(e));
+        cpuid_[r.vcpu] = std::move(e);
         break;
       }
       case StateTag::kMpState: {

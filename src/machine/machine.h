@@ -104,6 +104,10 @@ class Machine {
   // Parks every vCPU outside KVM_RUN; returns once all are parked.
   void Pause();
   void Resume();
+  // Throttles the vCPUs to run (100 - PCT)% of the time (0 lifts it): a throttle thread kicks
+  // them every 10 ms and each sleeps its share before re-entering the guest.
+  void SetThrottle(int pct);
+  int throttle() const { return throttle_pct_.load(); }
   // Stops the machine for REASON (the first reason wins), kicks every vCPU, signals stop_fd.
   void RequestStop(ExitInfo reason);
   // Readable (eventfd) once the machine has stopped.
@@ -141,6 +145,7 @@ class Machine {
   std::vector<std::unique_ptr<VcpuFd>> vcpus_;
   std::vector<std::thread> threads_;
   std::vector<uint32_t> msr_indices_;
+  std::vector<std::vector<kvm_cpuid_entry2>> cpuid_;  // as set on each vCPU
   size_t xsave_size_ = 0;
   PioBus pio_;
   std::unique_ptr<Uart> uart_;
@@ -159,6 +164,10 @@ class Machine {
   ExitInfo exit_;
   UniqueFd stop_event_;
   std::atomic<uint64_t> exits_{0};
+  std::atomic<int> throttle_pct_{0};
+  std::atomic<uint64_t> throttle_epoch_{0};
+  std::thread throttle_thread_;
+  void ThrottleLoop();
 };
 
 // Reads a whole file; errors name the path ("kernel /x: No such file or directory").

@@ -1,0 +1,151 @@
+// The lmig-rdma migration wire protocol, version 1. Shared by the TCP and RDMA transports.
+//
+// Message sequence (src = source, dst = destination):
+//
+//   src -> dst  kHello        Hello: magic/version, page size, memory size, vCPUs, features,
+//                             transport, key hash
+//   dst -> src  kHelloAck     StatusMsg (+ RDMA: the destination's memory regions and rkeys)
+//   src -> dst  kPages        (TCP only) arg = RAM offset, payload = the pages; over RDMA the
+//                             pages land by one-sided RDMA WRITE and no message is sent
+//   src -> dst  kEndRound     EndRound: after every pre-copy round, and after the final one
+//   ...                       (more rounds)
+//   src -> dst  kDeviceState  the machine state blob (vCPUs, irqchips, PIT, clock, UART)
+//   src -> dst  kComplete     Complete: totals and, with --verify-memory, a digest of all RAM
+//   dst -> src  kAck          StatusMsg: the guest runs on dst now (or why it does not)
+//   either way  kAbort        StatusMsg: the sender of it gives up; the source keeps its guest
+//
+// Every message is a FrameHeader followed by `length` payload bytes. The header carries an
+// XXH32 of itself and an XXH3-64 of the payload (kPages frames, sent while the guest is running
+// and therefore racing its writes, carry none: --verify-memory checks the final memory).
+// Integers are little endian; the protocol is x86-64 only.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace lmig::proto {
+
+inline constexpr uint32_t kMagic = 0x47494d4c;  // "LMIG"
+inline constexpr uint32_t kVersion = 1;
+inline constexpr uint64_t kMaxControlPayload = 64ull << 20;
+
+enum class MsgType : uint16_t {
+  kInvalid = 0,
+  kHello = 1,
+  kHelloAck = 2,
+  kPages = 3,
+  kEndRound = 4,
+  kDeviceState = 5,
+  kComplete = 6,
+  kAck = 7,
+  kAbort = 8,
+};
+const char* MsgTypeName(MsgType t);
+
+enum FrameFlags : uint16_t {
+  kNoPayloadHash = 1,
+};
+
+struct FrameHeader {
+  uint32_t magic;
+  uint16_t type;
+  uint16_t flags;
+  uint64_t length;
+  uint64_t arg;
+  uint64_t payload_hash;
+  uint32_t reserved;
+  uint32_t header_hash;  // XXH32 of the 36 bytes before it
+};
+static_assert(sizeof(FrameHeader) == 40);
+
+enum class TransportKind : uint32_t { kInvalid = 0, kTcp = 1, kRdma = 2 };
+
+enum Features : uint32_t {
+  kFeatureVerifyMemory = 1,
+};
+
+struct Hello {
+  uint32_t version;
+  uint32_t page_size;
+  uint64_t mem_size;
+  uint32_t num_cpus;
+  uint32_t features;
+  uint32_t transport;    // TransportKind
+  uint32_t dirty_mode;   // 1 ring, 2 bitmap (informational)
+  uint64_t key_hash;     // XXH3-64 of the shared key ("" when none): a mismatch check
+};
+static_assert(sizeof(Hello) == 40);
+
+struct EndRound {
+  uint32_t round;
+  uint32_t final_round;  // 1 for the stop-and-copy round
+  uint64_t pages;
+  uint64_t bytes;
+};
+static_assert(sizeof(EndRound) == 24);
+
+struct Complete {
+  uint64_t total_pages;
+  uint64_t memory_digest;  // XXH3-64 over all RAM, when kFeatureVerifyMemory
+  uint64_t state_bytes;
+};
+static_assert(sizeof(Complete) == 24);
+
+// Status carried by kHelloAck, kAck and kAbort: code 0 = OK, else an absl::StatusCode.
+struct StatusMsg {
+  uint32_t code;
+  uint32_t reserved;
+  char text[248];
+};
+static_assert(sizeof(StatusMsg) == 256);
+
+// Builds a header for a payload (hashing it unless FLAGS has kNoPayloadHash).
+FrameHeader MakeHeader(MsgType type, uint64_t arg, std::span<const uint8_t> payload,
+                       uint16_t flags = 0);
+// Checks magic, header hash, type and length bounds. Errors name what is wrong.
+absl::Status CheckHeader(const FrameHeader& h);
+// Checks the payload hash of a received frame.
+absl::Status CheckPayload(const FrameHeader& h, std::span<const uint8_t> payload);
+
+StatusMsg MakeStatusMsg(const absl::Status& s);
+absl::Status StatusFromMsg(const StatusMsg& m);
+
+uint64_t KeyHash(const std::string& key);
+// XXH3-64 of the whole of MEM.
+uint64_t MemoryDigest(std::span<const uint8_t> mem);
+
+// Validates a Hello against what this build supports. Error names the field and both values.
+absl::Status CheckHello(const Hello& h, uint64_t expected_key_hash);
+
+// Serializes a POD message.
+template <typename T>
+std::vector<uint8_t> Bytes(const T& v) {
+  const auto* p = reinterpret_cast<const uint8_t*>(&v);
+  return std::vector<uint8_t>(p, p + sizeof(T));
+}
+// Parses a POD message of exactly sizeof(T) bytes (or at least, when PREFIX).
+template <typename T>
+absl::StatusOr<T> Parse(std::span<const uint8_t> b, MsgType type, bool prefix = false) {
+  if (b.size() < sizeof(T) || (!prefix && b.size() != sizeof(T))) {
+    return absl::DataLossError(std::string(MsgTypeName(type)) + ": payload of " +
+                               std::to_string(b.size()) + " bytes, want " +
+                               std::to_string(sizeof(T)));
+  }
+  T v;
+  __builtin_memcpy(&v, b.data(), sizeof(T));
+  return v;
+}
+
+// One received control message.
+struct Message {
+  MsgType type = MsgType::kInvalid;
+  uint64_t arg = 0;
+  std::vector<uint8_t> payload;
+};
+
+}  // namespace lmig::proto

@@ -1,0 +1,90 @@
+// The migration transport interface: a control channel of framed messages (protocol.h) plus a
+// data path that moves runs of guest RAM from the source's memory to the same RAM offsets in
+// the destination's memory. TCP sends them as kPages frames (zero-copy from guest memory where
+// io_uring offers SEND_ZC); RDMA writes them with one-sided RDMA WRITEs.
+//
+// A transport is used by one thread (the migration thread), which drives its own io_uring.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "include/lmig/protocol.h"
+
+namespace lmig {
+
+// A contiguous run of guest RAM: [offset, offset + length).
+struct RamRange {
+  uint64_t offset;
+  uint64_t length;
+};
+
+struct TransportOptions {
+  std::string rdma_device;                // empty: whichever device owns the address
+  absl::Duration timeout = absl::Seconds(30);
+  uint64_t max_write_bytes = 256 << 10;   // RDMA: largest single WRITE
+  uint64_t mr_chunk_bytes = 1ull << 30;   // RDMA: MR registration chunk (capped by max_mr_size)
+  bool busy_poll = false;                 // RDMA: spin on the CQ instead of sleeping
+};
+
+struct TransportStats {
+  uint64_t data_bytes = 0;        // guest memory moved
+  uint64_t control_bytes = 0;     // control messages, headers included
+  uint64_t work_requests = 0;     // RDMA WRITEs or TCP send operations
+  double registration_ms = 0;     // RDMA memory registration (both sides)
+  bool zero_copy = false;
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual proto::TransportKind kind() const = 0;
+
+  // Control channel.
+  virtual absl::Status Send(proto::MsgType type, uint64_t arg,
+                            std::span<const uint8_t> payload) = 0;
+  // Next control message. kPages frames never surface here: the transport puts their payload
+  // straight into the memory given to AttachMemory. Error on timeout, a broken link or a
+  // corrupt frame.
+  virtual absl::StatusOr<proto::Message> Receive() = 0;
+
+  // Both sides: the local guest memory. On the destination (RDMA) this registers it for remote
+  // writes and returns the blob the source needs (regions and rkeys), sent in kHelloAck.
+  virtual absl::StatusOr<std::vector<uint8_t>> AttachMemory(uint8_t* base, uint64_t size) = 0;
+  // Source: the blob from the destination's kHelloAck.
+  virtual absl::Status SetPeerMemory(std::span<const uint8_t> blob) = 0;
+
+  // Source data path: queues RANGES for transfer. Call Flush before a control message that
+  // must follow the data (transports order them anyway; Flush also reports errors).
+  virtual absl::Status Write(std::span<const RamRange> ranges) = 0;
+  virtual absl::Status Flush() = 0;
+
+  // Destination: invalidates remote access to local memory (RDMA deregisters its MRs).
+  virtual void RevokeRemoteAccess() {}
+
+  virtual TransportStats stats() const = 0;
+};
+
+// Waits for one incoming migration.
+class Listener {
+ public:
+  virtual ~Listener() = default;
+  virtual absl::StatusOr<std::unique_ptr<Transport>> Accept() = 0;
+};
+
+// Factories; HOST/ADDR are names or IPv4 addresses. Errors name the address.
+absl::StatusOr<std::unique_ptr<Transport>> ConnectTransport(proto::TransportKind kind,
+                                                            const std::string& host,
+                                                            uint16_t port,
+                                                            const TransportOptions& opts);
+absl::StatusOr<std::unique_ptr<Listener>> ListenTransport(proto::TransportKind kind,
+                                                          const std::string& addr,
+                                                          uint16_t port,
+                                                          const TransportOptions& opts);
+
+}  // namespace lmig

@@ -1,0 +1,127 @@
+#include "include/lmig/protocol.h"
+
+#include <xxhash.h>
+
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+
+namespace lmig::proto {
+
+const char* MsgTypeName(MsgType t) {
+  switch (t) {
+    case MsgType::kHello: return "HELLO";
+    case MsgType::kHelloAck: return "HELLO_ACK";
+    case MsgType::kPages: return "PAGES";
+    case MsgType::kEndRound: return "END_ROUND";
+    case MsgType::kDeviceState: return "DEVICE_STATE";
+    case MsgType::kComplete: return "COMPLETE";
+    case MsgType::kAck: return "ACK";
+    case MsgType::kAbort: return "ABORT";
+    default: return "INVALID";
+  }
+}
+
+namespace {
+uint32_t HeaderHash(const FrameHeader& h) {
+  return XXH32(&h, offsetof(FrameHeader, header_hash), kMagic);
+}
+}  // namespace
+
+FrameHeader MakeHeader(MsgType type, uint64_t arg, std::span<const uint8_t> payload,
+                       uint16_t flags) {
+  FrameHeader h{};
+  h.magic = kMagic;
+  h.type = static_cast<uint16_t>(type);
+  h.flags = flags;
+  h.length = payload.size();
+  h.arg = arg;
+  h.payload_hash = (flags & kNoPayloadHash) ? 0 : XXH3_64bits(payload.data(), payload.size());
+  h.header_hash = HeaderHash(h);
+  return h;
+}
+
+absl::Status CheckHeader(const FrameHeader& h) {
+  if (h.magic != kMagic) {
+    return absl::DataLossError(absl::StrFormat(
+        "corrupt stream: frame magic 0x%08x, want 0x%08x (not an lmig-rdma peer?)", h.magic,
+        kMagic));
+  }
+  if (h.header_hash != HeaderHash(h)) {
+    return absl::DataLossError(absl::StrFormat(
+        "corrupt stream: header checksum mismatch on a %s frame",
+        MsgTypeName(static_cast<MsgType>(h.type))));
+  }
+  if (h.type == 0 || h.type > static_cast<uint16_t>(MsgType::kAbort)) {
+    return absl::DataLossError(absl::StrFormat("corrupt stream: unknown message type %d", h.type));
+  }
+  if (static_cast<MsgType>(h.type) != MsgType::kPages && h.length > kMaxControlPayload) {
+    return absl::DataLossError(absl::StrFormat("corrupt stream: %s payload of %d bytes",
+                                               MsgTypeName(static_cast<MsgType>(h.type)),
+                                               h.length));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPayload(const FrameHeader& h, std::span<const uint8_t> payload) {
+  if (h.flags & kNoPayloadHash) {
+    return absl::OkStatus();
+  }
+  const uint64_t got = XXH3_64bits(payload.data(), payload.size());
+  if (got != h.payload_hash) {
+    return absl::DataLossError(absl::StrFormat(
+        "corrupt stream: %s payload checksum 0x%016x, header says 0x%016x",
+        MsgTypeName(static_cast<MsgType>(h.type)), got, h.payload_hash));
+  }
+  return absl::OkStatus();
+}
+
+StatusMsg MakeStatusMsg(const absl::Status& s) {
+  StatusMsg m{};
+  m.code = static_cast<uint32_t>(s.code());
+  std::snprintf(m.text, sizeof(m.text), "%s", std::string(s.message()).c_str());
+  return m;
+}
+
+absl::Status StatusFromMsg(const StatusMsg& m) {
+  if (m.code == 0) {
+    return absl::OkStatus();
+  }
+  char text[sizeof(m.text) + 1];
+  std::memcpy(text, m.text, sizeof(m.text));
+  text[sizeof(m.text)] = 0;
+  return absl::Status(static_cast<absl::StatusCode>(m.code), text);
+}
+
+uint64_t KeyHash(const std::string& key) {
+  const std::string salted = "lmig-rdma key:" + key;
+  return XXH3_64bits(salted.data(), salted.size());
+}
+
+uint64_t MemoryDigest(std::span<const uint8_t> mem) {
+  return XXH3_64bits(mem.data(), mem.size());
+}
+
+absl::Status CheckHello(const Hello& h, uint64_t expected_key_hash) {
+  if (h.version != kVersion) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "protocol version mismatch: source speaks %d, this destination %d", h.version, kVersion));
+  }
+  if (h.page_size != 4096) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("page size mismatch: source %d, destination 4096", h.page_size));
+  }
+  if (h.mem_size == 0 || h.mem_size % 4096 != 0 || h.mem_size > (1ull << 40)) {
+    return absl::InvalidArgumentError(absl::StrFormat("bad memory size %d", h.mem_size));
+  }
+  if (h.num_cpus < 1 || h.num_cpus > 64) {
+    return absl::InvalidArgumentError(absl::StrFormat("bad vCPU count %d", h.num_cpus));
+  }
+  if (h.key_hash != expected_key_hash) {
+    return absl::PermissionDeniedError(
+        "wrong key: the source's --key does not match this destination's");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace lmig::proto

@@ -1,0 +1,239 @@
+#include "src/migration/sender.h"
+
+#include <sys/mman.h>
+
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_format.h"
+#include "include/lmig/status.h"
+
+namespace lmig {
+namespace {
+
+constexpr uint64_t kPage = GuestMemory::kPageSize;
+constexpr uint64_t kBatchBytes = 8ull << 20;  // ranges handed to the transport per call
+
+bool PageIsZero(const uint8_t* p) {
+  const auto* w = reinterpret_cast<const uint64_t*>(p);
+  uint64_t acc = 0;
+  for (size_t i = 0; i < kPage / 8; i += 8) {
+    acc |= w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7];
+    if (acc != 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
+
+}  // namespace
+
+MigrationSender::MigrationSender(Machine* machine, Transport* transport, SenderOptions opts,
+                                 ProgressFn progress)
+    : m_(machine), t_(transport), opts_(std::move(opts)), progress_(std::move(progress)) {}
+
+PageBitmap MigrationSender::NonZeroPages(uint64_t& zero_pages) const {
+  GuestMemory& mem = m_->memory();
+  const uint64_t n = mem.num_pages();
+  PageBitmap bits(n);
+  // Pages never touched are not resident (and read as zero): mincore skips them wholesale.
+  std::vector<unsigned char> resident(n, 1);
+  if (::mincore(mem.base(), mem.size(), resident.data()) != 0) {
+    std::fill(resident.begin(), resident.end(), 1);
+  }
+  zero_pages = 0;
+  for (uint64_t p = 0; p < n; ++p) {
+    if ((resident[p] & 1) && !PageIsZero(mem.base() + p * kPage)) {
+      bits.Set(p);
+    } else {
+      ++zero_pages;
+    }
+  }
+  return bits;
+}
+
+void MigrationSender::Pace(uint64_t bytes_sent, absl::Time since) {
+  if (opts_.max_bandwidth == 0) {
+    return;
+  }
+  const absl::Duration should_take =
+      absl::Seconds(static_cast<double>(bytes_sent) / static_cast<double>(opts_.max_bandwidth));
+  const absl::Duration took = absl::Now() - since;
+  if (should_take > took) {
+    absl::SleepFor(should_take - took);
+  }
+}
+
+absl::Status MigrationSender::Handshake() {
+  proto::Hello h{};
+  h.version = proto::kVersion;
+  h.page_size = kPage;
+  h.mem_size = m_->memory().size();
+  h.num_cpus = static_cast<uint32_t>(m_->num_vcpus());
+  h.features = opts_.verify_memory ? proto::kFeatureVerifyMemory : 0;
+  h.transport = static_cast<uint32_t>(t_->kind());
+  h.dirty_mode = m_->config().dirty_mode == DirtyMode::kRing ? 1 : 2;
+  h.key_hash = proto::KeyHash(opts_.key);
+  RETURN_IF_ERROR(t_->Send(proto::MsgType::kHello, 0, proto::Bytes(h)));
+  ASSIGN_OR_RETURN(proto::Message ack, t_->Receive());
+  if (ack.type == proto::MsgType::kAbort || ack.type == proto::MsgType::kHelloAck) {
+    ASSIGN_OR_RETURN(auto st, proto::Parse<proto::StatusMsg>(ack.payload, ack.type, true));
+    absl::Status s = proto::StatusFromMsg(st);
+    if (!s.ok()) {
+      return Annotate(s, "the destination refused the migration");
+    }
+    if (ack.type == proto::MsgType::kAbort) {
+      return absl::AbortedError("the destination aborted the handshake");
+    }
+  } else {
+    return absl::DataLossError(absl::StrFormat("handshake: expected HELLO_ACK, got %s",
+                                               proto::MsgTypeName(ack.type)));
+  }
+  return t_->SetPeerMemory(
+      std::span<const uint8_t>(ack.payload).subspan(sizeof(proto::StatusMsg)));
+}
+
+absl::Status MigrationSender::SendRound(int round, const PageBitmap& pages, bool final_round,
+                                        int throttle, MigrationStats& stats) {
+  const absl::Time start = absl::Now();
+  const std::vector<RamRun> runs = CoalesceRuns(pages, opts_.max_run_bytes);
+  uint64_t bytes = 0, batch_bytes = 0;
+  std::vector<RamRange> batch;
+  for (const RamRun& r : runs) {
+    batch.push_back({r.offset, r.length});
+    batch_bytes += r.length;
+    if (batch_bytes >= kBatchBytes) {
+      RETURN_IF_ERROR(t_->Write(batch));
+      bytes += batch_bytes;
+      batch.clear();
+      batch_bytes = 0;
+      Pace(bytes, start);
+    }
+  }
+  RETURN_IF_ERROR(t_->Write(batch));
+  bytes += batch_bytes;
+  RETURN_IF_ERROR(t_->Flush());
+  proto::EndRound er{static_cast<uint32_t>(round), final_round ? 1u : 0u, bytes / kPage, bytes};
+  RETURN_IF_ERROR(t_->Send(proto::MsgType::kEndRound, 0, proto::Bytes(er)));
+  const double secs = absl::ToDoubleSeconds(absl::Now() - start);
+  if (!final_round) {
+    history_.push_back({bytes, secs});
+  }
+  RoundStats rs;
+  rs.round = round;
+  rs.dirty_pages = bytes / kPage;
+  rs.bytes = bytes;
+  rs.ms = secs * 1000;
+  rs.rate_mbps = secs > 0 ? bytes * 8 / secs / 1e6 : 0;
+  rs.throttle_pct = throttle;
+  rs.final_round = final_round;
+  stats.per_round.push_back(rs);
+  stats.pages_sent += bytes / kPage;
+  stats.rounds = round;
+  progress_(absl::StrFormat("round %d%s: %d pages (%.1f MiB) in %.1f ms, %.1f Mbit/s", round,
+                            final_round ? " (stop-and-copy)" : "", bytes / kPage,
+                            bytes / 1048576.0, secs * 1000, rs.rate_mbps));
+  return absl::OkStatus();
+}
+
+absl::Status MigrationSender::StopAndCopy(PageBitmap& dirty, MigrationStats& stats) {
+  m_->Pause();
+  paused_ = true;
+  paused_at_ = absl::Now();
+  m_->SetThrottle(0);
+  RETURN_IF_ERROR(m_->dirty_log().Collect(dirty));
+  RETURN_IF_ERROR(SendRound(stats.rounds + 1, dirty, true, 0, stats));
+  ASSIGN_OR_RETURN(std::vector<uint8_t> state, m_->SaveState());
+  stats.state_bytes = state.size();
+  RETURN_IF_ERROR(t_->Send(proto::MsgType::kDeviceState, 0, state));
+  proto::Complete c{};
+  c.total_pages = stats.pages_sent;
+  c.state_bytes = state.size();
+  if (opts_.verify_memory) {
+    c.memory_digest = proto::MemoryDigest({m_->memory().base(), m_->memory().size()});
+  }
+  RETURN_IF_ERROR(t_->Send(proto::MsgType::kComplete, 0, proto::Bytes(c)));
+  ASSIGN_OR_RETURN(proto::Message ack, t_->Receive());
+  if (ack.type != proto::MsgType::kAck && ack.type != proto::MsgType::kAbort) {
+    return absl::DataLossError(absl::StrFormat("expected ACK after COMPLETE, got %s",
+                                               proto::MsgTypeName(ack.type)));
+  }
+  ASSIGN_OR_RETURN(auto st, proto::Parse<proto::StatusMsg>(ack.payload, ack.type));
+  absl::Status s = proto::StatusFromMsg(st);
+  if (!s.ok() || ack.type == proto::MsgType::kAbort) {
+    return Annotate(s.ok() ? absl::AbortedError("aborted") : s,
+                    "the destination did not resume the guest");
+  }
+  stats.downtime_ms = Ms(absl::Now() - paused_at_);
+  return absl::OkStatus();
+}
+
+absl::Status MigrationSender::Run(MigrationStats& stats) {
+  const absl::Time start = absl::Now();
+  const double cpu_start = ProcessCpuMs();
+  stats.role = "source";
+  stats.transport = t_->kind() == proto::TransportKind::kRdma ? "rdma" : "tcp";
+  stats.dirty_tracking = m_->config().dirty_mode == DirtyMode::kRing ? "ring" : "bitmap";
+  stats.mem_bytes = m_->memory().size();
+  int throttle = 0;
+  absl::Status result = [&]() -> absl::Status {
+    RETURN_IF_ERROR(Annotate(Handshake(), "handshake"));
+    RETURN_IF_ERROR(Annotate(m_->dirty_log().Start(), "starting dirty logging"));
+    // Scan for zero pages before registering memory for RDMA (which faults every page in and
+    // so defeats mincore); a page written after the scan is in the next dirty set anyway.
+    uint64_t zero = 0;
+    PageBitmap pages = NonZeroPages(zero);
+    stats.zero_pages_skipped = zero;
+    RETURN_IF_ERROR(t_->AttachMemory(m_->memory().base(), m_->memory().size()).status());
+    stats.setup_time_ms = Ms(absl::Now() - start);
+    stats.registration_ms = t_->stats().registration_ms;
+    progress_(absl::StrFormat("connected, setup %.1f ms; round 1: all non-zero memory "
+                              "(%d zero pages skipped)", stats.setup_time_ms, zero));
+    RETURN_IF_ERROR(SendRound(1, pages, false, 0, stats));
+    PageBitmap dirty(m_->memory().num_pages());
+    for (int round = 2;; ++round) {
+      dirty.Clear();
+      RETURN_IF_ERROR(m_->dirty_log().Collect(dirty));
+      const uint64_t pending = dirty.Count() * kPage;
+      PolicyDecision d = DecideNextRound(opts_.policy, history_, pending, throttle);
+      if (d.stop_and_copy) {
+        // DIRTY (already re-protected) goes in the final round, with whatever the guest
+        // dirties until it is paused.
+        progress_("stop-and-copy: " + d.reason);
+        break;
+      }
+      if (d.throttle_pct != throttle) {
+        throttle = d.throttle_pct;
+        stats.max_throttle_pct = std::max(stats.max_throttle_pct, throttle);
+        m_->SetThrottle(throttle);
+        progress_(d.reason);
+      }
+      RETURN_IF_ERROR(SendRound(round, dirty, false, throttle, stats));
+    }
+    return StopAndCopy(dirty, stats);
+  }();
+  stats.total_time_ms = Ms(absl::Now() - start);
+  const TransportStats ts = t_->stats();
+  stats.transferred_bytes = ts.data_bytes + ts.control_bytes;
+  stats.zero_copy = ts.zero_copy;
+  stats.registration_ms = ts.registration_ms;
+  stats.src_cpu_ms = ProcessCpuMs() - cpu_start;
+  if (result.ok()) {
+    stats.status = "completed";
+    return absl::OkStatus();
+  }
+  stats.status = "failed";
+  stats.error = std::string(result.message());
+  // Nothing is lost: the guest keeps running here.
+  m_->SetThrottle(0);
+  (void)m_->dirty_log().Stop();
+  if (paused_) {
+    m_->Resume();
+  }
+  (void)t_->Send(proto::MsgType::kAbort, 0, proto::Bytes(proto::MakeStatusMsg(result)));
+  return result;
+}
+
+}  // namespace lmig

@@ -1,0 +1,55 @@
+// The source side of a live migration (runs on its own thread while the vCPUs keep running):
+// handshake, round 1 (all non-zero memory), dirty rounds until the policy says stop, then
+// pause, last dirty pages, device state, completion, and the destination's acknowledgement.
+//
+// Failure semantics: any error before the destination acknowledges resumes the vCPUs (if they
+// were paused), lifts the throttle and stops dirty logging: the guest keeps running here.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "include/lmig/transport.h"
+#include "src/machine/machine.h"
+#include "src/migration/policy.h"
+#include "src/migration/stats.h"
+
+namespace lmig {
+
+struct SenderOptions {
+  PolicyConfig policy;
+  uint64_t max_bandwidth = 0;  // bytes/s, 0 = unlimited
+  bool verify_memory = false;
+  std::string key;
+  uint64_t max_run_bytes = 1 << 20;  // coalesced run cap
+};
+
+class MigrationSender {
+ public:
+  using ProgressFn = std::function<void(const std::string&)>;
+  MigrationSender(Machine* machine, Transport* transport, SenderOptions opts,
+                  ProgressFn progress);
+
+  // Migrates. STATS is filled in either way. On success the guest runs on the destination and
+  // this machine's vCPUs stay paused.
+  absl::Status Run(MigrationStats& stats);
+
+ private:
+  absl::Status Handshake();
+  absl::Status SendRound(int round, const PageBitmap& pages, bool final_round, int throttle,
+                         MigrationStats& stats);
+  absl::Status StopAndCopy(PageBitmap& dirty, MigrationStats& stats);
+  PageBitmap NonZeroPages(uint64_t& zero_pages) const;
+  void Pace(uint64_t bytes_sent, absl::Time since);
+
+  Machine* m_;
+  Transport* t_;
+  SenderOptions opts_;
+  ProgressFn progress_;
+  std::vector<RoundSample> history_;
+  absl::Time paused_at_;
+  bool paused_ = false;
+};
+
+}  // namespace lmig

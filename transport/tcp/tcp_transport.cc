@@ -1,0 +1,354 @@
+#include "transport/tcp/tcp_transport.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <climits>
+#include <cstring>
+#include <deque>
+
+#include "absl/strings/str_format.h"
+#include "include/lmig/status.h"
+#include "src/base/unique_fd.h"
+#include "src/reactor/reactor.h"
+
+namespace lmig {
+namespace {
+
+constexpr size_t kMaxIov = 512;                 // iovecs per sendmsg (IOV_MAX is 1024)
+constexpr uint64_t kMaxBatchBytes = 16ull << 20;
+
+absl::StatusOr<sockaddr_in> Resolve(const std::string& host, uint16_t port, bool passive) {
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = passive ? AI_PASSIVE : 0;
+  addrinfo* res = nullptr;
+  const int err = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), nullptr, &hints, &res);
+  if (err != 0 || res == nullptr) {
+    return absl::NotFoundError(
+        absl::StrFormat("cannot resolve %s: %s", host, ::gai_strerror(err)));
+  }
+  sockaddr_in sa;
+  std::memcpy(&sa, res->ai_addr, sizeof(sa));
+  ::freeaddrinfo(res);
+  sa.sin_port = htons(port);
+  return sa;
+}
+
+void TuneSocket(int fd) {
+  const int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  const int buf = 8 << 20;
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
+}
+
+class TcpTransport : public Transport {
+ public:
+  TcpTransport(UniqueFd sock, std::unique_ptr<Reactor> reactor, std::string peer,
+               const TransportOptions& opts)
+      : sock_(std::move(sock)), reactor_(std::move(reactor)), peer_(std::move(peer)),
+        opts_(opts) {
+    zero_copy_ = reactor_->Supports(IORING_OP_SENDMSG_ZC);
+  }
+  ~TcpTransport() override {
+    // Let outstanding zero-copy notifications arrive before the headers they pin go away.
+    (void)Drain();
+  }
+
+  proto::TransportKind kind() const override { return proto::TransportKind::kTcp; }
+
+  absl::Status Send(proto::MsgType type, uint64_t arg,
+                    std::span<const uint8_t> payload) override {
+    RETURN_IF_ERROR(Flush());
+    auto hdr = std::make_shared<proto::FrameHeader>(proto::MakeHeader(type, arg, payload));
+    std::vector<iovec> iov = {{hdr.get(), sizeof(*hdr)}};
+    if (!payload.empty()) {
+      iov.push_back({const_cast<uint8_t*>(payload.data()), payload.size()});
+    }
+    stats_.control_bytes += sizeof(*hdr) + payload.size();
+    return SendAll(std::move(iov), false, hdr, std::string("sending ") + proto::MsgTypeName(type));
+  }
+
+  absl::StatusOr<proto::Message> Receive() override {
+    for (;;) {
+      proto::FrameHeader h;
+      RETURN_IF_ERROR(RecvAll(reinterpret_cast<uint8_t*>(&h), sizeof(h), "a frame header"));
+      RETURN_IF_ERROR(proto::CheckHeader(h));
+      const auto type = static_cast<proto::MsgType>(h.type);
+      if (type == proto::MsgType::kPages) {
+        if (mem_ == nullptr || h.arg % 4096 != 0 || h.length % 4096 != 0 ||
+            h.arg > mem_size_ || h.length > mem_size_ - h.arg) {
+          return absl::DataLossError(absl::StrFormat(
+              "corrupt stream: PAGES [0x%x, +0x%x) outside guest memory of 0x%x bytes", h.arg,
+              h.length, mem_size_));
+        }
+        RETURN_IF_ERROR(RecvAll(mem_ + h.arg, h.length, "page data"));
+        stats_.data_bytes += h.length;
+        continue;
+      }
+      proto::Message m;
+      m.type = type;
+      m.arg = h.arg;
+      m.payload.resize(h.length);
+      RETURN_IF_ERROR(RecvAll(m.payload.data(), m.payload.size(), "a message payload"));
+      RETURN_IF_ERROR(proto::CheckPayload(h, m.payload));
+      stats_.control_bytes += sizeof(h) + h.length;
+      return m;
+    }
+  }
+
+  absl::StatusOr<std::vector<uint8_t>> AttachMemory(uint8_t* base, uint64_t size) override {
+    mem_ = base;
+    mem_size_ = size;
+    return std::vector<uint8_t>();
+  }
+  absl::Status SetPeerMemory(std::span<const uint8_t>) override { return absl::OkStatus(); }
+
+  absl::Status Write(std::span<const RamRange> ranges) override {
+    for (const RamRange& r : ranges) {
+      if (r.offset + r.length > mem_size_) {
+        return absl::OutOfRangeError(absl::StrFormat("range [0x%x, +0x%x) beyond memory",
+                                                     r.offset, r.length));
+      }
+      if (batch_iov_.size() + 2 > kMaxIov || batch_bytes_ >= kMaxBatchBytes) {
+        RETURN_IF_ERROR(SubmitBatch());
+      }
+      if (!batch_headers_) {
+        batch_headers_ = std::make_shared<std::vector<proto::FrameHeader>>();
+        batch_headers_->reserve(kMaxIov / 2);
+      }
+      batch_headers_->push_back(proto::MakeHeader(
+          proto::MsgType::kPages, r.offset, {mem_ + r.offset, r.length}, proto::kNoPayloadHash));
+      batch_iov_.push_back({&batch_headers_->back(), sizeof(proto::FrameHeader)});
+      batch_iov_.push_back({mem_ + r.offset, r.length});
+      batch_bytes_ += r.length;
+      stats_.data_bytes += r.length;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Flush() override { return SubmitBatch(); }
+
+  TransportStats stats() const override {
+    TransportStats s = stats_;
+    s.zero_copy = zero_copy_;
+    return s;
+  }
+
+ private:
+  absl::Status SubmitBatch() {
+    if (batch_iov_.empty()) {
+      return absl::OkStatus();
+    }
+    auto headers = std::move(batch_headers_);
+    std::vector<iovec> iov = std::move(batch_iov_);
+    batch_iov_.clear();
+    batch_bytes_ = 0;
+    ++stats_.work_requests;
+    return SendAll(std::move(iov), zero_copy_, headers, "sending pages");
+  }
+
+  // Sends every byte of IOV in order (one operation in flight keeps the stream ordered);
+  // KEEPALIVE pins the header buffers until zero-copy notifications say the kernel is done.
+  absl::Status SendAll(std::vector<iovec> iov, bool zc, std::shared_ptr<void> keepalive,
+                       const std::string& what) {
+    size_t first = 0;
+    while (first < iov.size()) {
+      msghdr msg{};
+      msg.msg_iov = &iov[first];
+      msg.msg_iovlen = iov.size() - first;
+      ASSIGN_OR_RETURN(int n, SyncOp(
+          [&](io_uring_sqe* sqe) {
+            if (zc) {
+              io_uring_prep_sendmsg_zc(sqe, sock_.get(), &msg, MSG_WAITALL | MSG_NOSIGNAL);
+            } else {
+              io_uring_prep_sendmsg(sqe, sock_.get(), &msg, MSG_WAITALL | MSG_NOSIGNAL);
+            }
+          },
+          zc, keepalive, what));
+      if (n == 0) {
+        return absl::UnavailableError(absl::StrFormat("%s to %s: connection closed", what, peer_));
+      }
+      size_t left = static_cast<size_t>(n);
+      while (first < iov.size() && left >= iov[first].iov_len) {
+        left -= iov[first].iov_len;
+        ++first;
+      }
+      if (left > 0) {
+        iov[first].iov_base = static_cast<uint8_t*>(iov[first].iov_base) + left;
+        iov[first].iov_len -= left;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status RecvAll(uint8_t* buf, uint64_t len, const char* what) {
+    uint64_t got = 0;
+    while (got < len) {
+      const unsigned chunk = static_cast<unsigned>(std::min<uint64_t>(len - got, 1u << 30));
+      ASSIGN_OR_RETURN(int n, SyncOp(
+          [&](io_uring_sqe* sqe) {
+            io_uring_prep_recv(sqe, sock_.get(), buf + got, chunk, MSG_WAITALL);
+          },
+          false, nullptr, std::string("receiving ") + what));
+      if (n == 0) {
+        return absl::UnavailableError(absl::StrFormat(
+            "receiving %s from %s: connection closed by the peer", what, peer_));
+      }
+      got += static_cast<uint64_t>(n);
+    }
+    return absl::OkStatus();
+  }
+
+  struct OpState {
+    int result = INT_MIN;
+    bool done = false;
+  };
+
+  // Runs one operation (prepared by PREP) with a linked timeout and waits for its result.
+  absl::StatusOr<int> SyncOp(const std::function<void(io_uring_sqe*)>& prep, bool zc,
+                             std::shared_ptr<void> keepalive, const std::string& what) {
+    auto st = std::make_shared<OpState>();
+    if (zc) {
+      ++zc_pending_;
+    }
+    io_uring_sqe* sqe = reactor_->Prepare([this, st, zc, keepalive](int res, uint32_t flags) {
+      if (flags & IORING_CQE_F_NOTIF) {
+        --zc_pending_;
+        return;
+      }
+      st->result = res;
+      st->done = true;
+      if (zc && !(flags & IORING_CQE_F_MORE)) {
+        --zc_pending_;  // no notification will follow (the send failed)
+      }
+    });
+    prep(sqe);
+    sqe->flags |= IOSQE_IO_LINK;
+    timeout_.tv_sec = absl::ToInt64Seconds(opts_.timeout);
+    timeout_.tv_nsec = 0;
+    io_uring_prep_link_timeout(reactor_->Prepare([](int, uint32_t) {}), &timeout_, 0);
+    RETURN_IF_ERROR(reactor_->RunUntil([&] { return st->done; }));
+    if (st->result == -ECANCELED || st->result == -ETIME) {
+      return absl::DeadlineExceededError(absl::StrFormat(
+          "%s: %s silent for %d s", what, peer_, absl::ToInt64Seconds(opts_.timeout)));
+    }
+    if (st->result < 0) {
+      return ErrnoStatus(absl::StrFormat("%s (%s)", what, peer_), -st->result);
+    }
+    return st->result;
+  }
+
+  absl::Status Drain() {
+    return reactor_->RunUntil([&] { return zc_pending_ == 0 && reactor_->in_flight() == 0; });
+  }
+
+  UniqueFd sock_;
+  std::unique_ptr<Reactor> reactor_;
+  std::string peer_;
+  TransportOptions opts_;
+  bool zero_copy_ = false;
+  int zc_pending_ = 0;
+  __kernel_timespec timeout_{};
+  uint8_t* mem_ = nullptr;
+  uint64_t mem_size_ = 0;
+  std::vector<iovec> batch_iov_;
+  std::shared_ptr<std::vector<proto::FrameHeader>> batch_headers_;
+  uint64_t batch_bytes_ = 0;
+  TransportStats stats_;
+};
+
+class TcpListener : public Listener {
+ public:
+  TcpListener(UniqueFd sock, std::string where, const TransportOptions& opts)
+      : sock_(std::move(sock)), where_(std::move(where)), opts_(opts) {}
+
+  absl::StatusOr<std::unique_ptr<Transport>> Accept() override {
+    sockaddr_in peer{};
+    socklen_t len = sizeof(peer);
+    int fd;
+    do {
+      fd = ::accept4(sock_.get(), reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+      return ErrnoStatus(absl::StrCat("accept on ", where_));
+    }
+    UniqueFd conn(fd);
+    TuneSocket(fd);
+    ASSIGN_OR_RETURN(auto reactor, Reactor::Create(64));
+    char ip[INET_ADDRSTRLEN] = "?";
+    ::inet_ntop(AF_INET, &peer.sin_addr, ip, sizeof(ip));
+    return std::unique_ptr<Transport>(new TcpTransport(
+        std::move(conn), std::move(reactor), absl::StrFormat("%s:%d", ip, ntohs(peer.sin_port)),
+        opts_));
+  }
+
+ private:
+  UniqueFd sock_;
+  std::string where_;
+  TransportOptions opts_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Transport>> TcpConnect(const std::string& host, uint16_t port,
+                                                      const TransportOptions& opts) {
+  const std::string where = absl::StrFormat("%s:%d", host, port);
+  ASSIGN_OR_RETURN(sockaddr_in sa, Resolve(host, port, false));
+  UniqueFd sock(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!sock.valid()) {
+    return ErrnoStatus("socket");
+  }
+  if (::connect(sock.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0) {
+    if (errno != EINPROGRESS) {
+      return ErrnoStatus(absl::StrCat("cannot connect to ", where));
+    }
+    pollfd p{sock.get(), POLLOUT, 0};
+    const int r = ::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(opts.timeout)));
+    if (r == 0) {
+      return absl::DeadlineExceededError(absl::StrFormat(
+          "cannot connect to %s: no answer in %d s", where, absl::ToInt64Seconds(opts.timeout)));
+    }
+    int err = 0;
+    socklen_t len = sizeof(err);
+    ::getsockopt(sock.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err != 0) {
+      return ErrnoStatus(absl::StrCat("cannot connect to ", where), err);
+    }
+  }
+  const int flags = ::fcntl(sock.get(), F_GETFL);
+  ::fcntl(sock.get(), F_SETFL, flags & ~O_NONBLOCK);
+  TuneSocket(sock.get());
+  ASSIGN_OR_RETURN(auto reactor, Reactor::Create(64));
+  return std::unique_ptr<Transport>(
+      new TcpTransport(std::move(sock), std::move(reactor), where, opts));
+}
+
+absl::StatusOr<std::unique_ptr<Listener>> TcpListen(const std::string& addr, uint16_t port,
+                                                    const TransportOptions& opts) {
+  const std::string where = absl::StrFormat("%s:%d", addr, port);
+  ASSIGN_OR_RETURN(sockaddr_in sa, Resolve(addr, port, true));
+  UniqueFd sock(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!sock.valid()) {
+    return ErrnoStatus("socket");
+  }
+  const int one = 1;
+  ::setsockopt(sock.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (::bind(sock.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0) {
+    return ErrnoStatus(absl::StrCat("cannot listen on ", where));
+  }
+  if (::listen(sock.get(), 1) < 0) {
+    return ErrnoStatus(absl::StrCat("listen on ", where));
+  }
+  return std::unique_ptr<Listener>(new TcpListener(std::move(sock), where, opts));
+}
+
+}  // namespace lmig
