@@ -311,6 +311,12 @@ void Machine::VcpuLoop(int index) {
         break;
       }
       if (pause_requested_) {
+        // api.rst (KVM_RUN, immediate_exit): a port I/O or MMIO exit is complete only after
+        // the next KVM_RUN; run once with immediate_exit so the saved state is consistent
+        // (otherwise an IN's result never reaches RAX on the destination).
+        vcpu.run()->immediate_exit = 1;
+        (void)vcpu.Run();
+        vcpu.run()->immediate_exit = 0;
         ++parked_;
         cv_.notify_all();
         cv_.wait(lock, [&] { return !pause_requested_ || stop_; });
