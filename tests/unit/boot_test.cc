@@ -1,2 +1,189 @@
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
-TEST(Placeholder, Builds) { EXPECT_TRUE(true); }
+
+#include <cstring>
+#include <vector>
+
+#include "src/arch/x86_64/boot.h"
+#include "src/arch/x86_64/cpu.h"
+#include "src/arch/x86_64/layout.h"
+#include "src/arch/x86_64/mptable.h"
+
+namespace lmig::x86 {
+namespace {
+
+// A synthetic bzImage: a setup header as Documentation/arch/x86/boot.rst lays it out.
+std::vector<uint8_t> FakeBzImage(uint16_t version = 0x020f, uint8_t setup_sects = 39,
+                                 size_t payload = 0x10000) {
+  std::vector<uint8_t> img((setup_sects + 1) * 512 + payload, 0xcc);
+  auto put16 = [&](size_t at, uint16_t v) { std::memcpy(&img[at], &v, 2); };
+  auto put32 = [&](size_t at, uint32_t v) { std::memcpy(&img[at], &v, 4); };
+  img[0x1f1] = setup_sects;
+  put16(0x1fe, 0xaa55);
+  img[0x201] = 0x6a;  // jump: header ends at 0x202 + 0x6a = 0x26c
+  put32(0x202, 0x53726448);
+  put16(0x206, version);
+  img[0x211] = 0x01;  // LOADED_HIGH
+  put32(0x214, 0x100000);
+  put32(0x22c, 0x7fffffff);  // initrd_addr_max
+  put32(0x238, 2047);        // cmdline_size
+  put16(0x236, 0x7f);        // xloadflags
+  put32(0x260, 0x3f98000);   // init_size
+  return img;
+}
+
+TEST(BzImage, ParsesTheSetupHeader) {
+  auto k = ParseBzImage(FakeBzImage());
+  ASSERT_TRUE(k.ok()) << k.status();
+  EXPECT_EQ(k->protocol, 0x020f);
+  EXPECT_EQ(k->payload_offset, 40u * 512);
+  EXPECT_EQ(k->init_size, 0x3f98000u);
+  EXPECT_EQ(k->initrd_addr_max, 0x7fffffffu);
+  EXPECT_TRUE(k->Supports64BitEntry());
+}
+
+TEST(BzImage, OldProtocolGetsNo64BitEntry) {
+  auto k = ParseBzImage(FakeBzImage(0x020a));
+  ASSERT_TRUE(k.ok());
+  EXPECT_FALSE(k->Supports64BitEntry());
+}
+
+TEST(BzImage, RejectsWhatIsNotABzImage) {
+  std::vector<uint8_t> elf(0x4000, 0);
+  std::memcpy(elf.data(), "\x7f" "ELF", 4);
+  EXPECT_THAT(std::string(ParseBzImage(elf).status().message()),
+              testing::HasSubstr("boot flag"));
+  auto img = FakeBzImage();
+  img[0x202] = 'X';
+  EXPECT_THAT(std::string(ParseBzImage(img).status().message()), testing::HasSubstr("HdrS"));
+  EXPECT_THAT(std::string(ParseBzImage(FakeBzImage(0x0204)).status().message()),
+              testing::HasSubstr("2.04 is too old"));
+  EXPECT_FALSE(ParseBzImage(std::vector<uint8_t>(100, 0)).ok());
+}
+
+TEST(E820, SmallGuestIsOneLowRegion) {
+  const auto e = BuildE820(RamLayoutFor(512ull << 20));
+  ASSERT_EQ(e.size(), 4u);
+  EXPECT_EQ(e[0].addr, 0u);
+  EXPECT_EQ(e[0].size, kEbdaStart);
+  EXPECT_EQ(e[0].type, kE820Ram);
+  EXPECT_EQ(e[1].type, kE820Reserved);  // EBDA
+  EXPECT_EQ(e[2].addr, kMbbiosStart);
+  EXPECT_EQ(e[3].addr, kHighMemoryStart);
+  EXPECT_EQ(e[3].addr + e[3].size, 512ull << 20);
+}
+
+TEST(E820, MemoryAbove3GiBContinuesAbove4GiB) {
+  const auto e = BuildE820(RamLayoutFor(8ull << 30));
+  ASSERT_EQ(e.size(), 5u);
+  EXPECT_EQ(e[3].addr + e[3].size, kMmioHoleStart);
+  EXPECT_EQ(e[4].addr, k4GiB);
+  EXPECT_EQ(e[4].size, (8ull << 30) - kMmioHoleStart);
+  uint64_t ram = 0;
+  for (const auto& x : e) {
+    ram += x.type == kE820Ram ? x.size : 0;
+  }
+  EXPECT_EQ(ram, (8ull << 30) - kHighMemoryStart + kEbdaStart);
+}
+
+TEST(Initrd, PreferredAddressOrHighestThatFits) {
+  auto k = *ParseBzImage(FakeBzImage());
+  EXPECT_EQ(*PlaceInitrd(k, RamLayoutFor(512ull << 20), 8 << 20), kInitrdPreferred);
+  // 300 MiB does not fit at 0x0f000000 in 512 MiB: it goes as high as it fits.
+  const uint64_t big = 300ull << 20;
+  auto addr = PlaceInitrd(k, RamLayoutFor(512ull << 20), big);
+  ASSERT_TRUE(addr.ok());
+  EXPECT_EQ(*addr + big, 512ull << 20);
+  EXPECT_EQ(*addr % kPageSize, 0u);
+  // And not at all when it would overlap the kernel's init_size.
+  EXPECT_FALSE(PlaceInitrd(k, RamLayoutFor(128ull << 20), 100ull << 20).ok());
+}
+
+TEST(BootParams, PointsAtCmdlineInitrdAndE820) {
+  auto k = *ParseBzImage(FakeBzImage());
+  const auto e820 = BuildE820(RamLayoutFor(1ull << 30));
+  const boot_params bp = BuildBootParams(k, e820, 0x0f000000, 12345);
+  EXPECT_EQ(bp.hdr.cmd_line_ptr, kCmdlineStart);
+  EXPECT_EQ(bp.hdr.ramdisk_image, 0x0f000000u);
+  EXPECT_EQ(bp.hdr.ramdisk_size, 12345u);
+  EXPECT_EQ(bp.hdr.type_of_loader, 0xff);
+  EXPECT_TRUE(bp.hdr.loadflags & 0x80);  // CAN_USE_HEAP
+  EXPECT_EQ(bp.hdr.boot_flag, 0xaa55);
+  EXPECT_EQ(bp.e820_entries, e820.size());
+  EXPECT_EQ(bp.e820_table[3].addr, kHighMemoryStart);
+  EXPECT_EQ(sizeof(bp), 4096u);
+}
+
+TEST(MpTable, ChecksumsAndCountsAreValid) {
+  for (int cpus : {1, 2, 8, 64}) {
+    auto mp = BuildMpTables(cpus);
+    ASSERT_TRUE(mp.ok());
+    EXPECT_EQ(mp->floating_pointer.size(), 16u);
+    EXPECT_EQ(MpChecksum(mp->floating_pointer), 0);
+    EXPECT_EQ(MpChecksum(mp->config_table), 0);
+    EXPECT_EQ(std::memcmp(mp->floating_pointer.data(), "_MP_", 4), 0);
+    uint32_t ptr;
+    std::memcpy(&ptr, &mp->floating_pointer[4], 4);
+    EXPECT_EQ(ptr, kMpConfigStart);
+    uint16_t len, count;
+    std::memcpy(&len, &mp->config_table[4], 2);
+    std::memcpy(&count, &mp->config_table[34], 2);
+    EXPECT_EQ(len, mp->config_table.size());
+    // CPUs + bus + IOAPIC + 15 ISA IRQs + 2 local interrupts.
+    EXPECT_EQ(count, cpus + 1 + 1 + 15 + 2);
+    EXPECT_EQ(mp->config_table.size(), 44u + cpus * 20 + (1 + 1 + 15 + 2) * 8);
+    EXPECT_EQ(mp->config_table[44 + 3], 0x3);  // CPU 0: enabled + boot processor
+  }
+  EXPECT_FALSE(BuildMpTables(0).ok());
+  EXPECT_FALSE(BuildMpTables(65).ok());
+}
+
+TEST(Cpuid, SetsApicIdsHypervisorBitAndTscDeadline) {
+  std::vector<kvm_cpuid_entry2> in(3);
+  in[0].function = 1;
+  in[0].ebx = 0xff00ffff;
+  in[1].function = 0xb;
+  in[2].function = 0xd;
+  in[2].index = 0;
+  in[2].ebx = 576;
+  in[2].ecx = 832;
+  auto out = FilterCpuid(in, 5, 8, true);
+  EXPECT_EQ(out[0].ebx >> 24, 5u);
+  EXPECT_EQ((out[0].ebx >> 16) & 0xff, 8u);
+  EXPECT_TRUE(out[0].ecx & (1u << 31));
+  EXPECT_TRUE(out[0].ecx & (1u << 24));
+  EXPECT_TRUE(out[0].edx & (1u << 28));
+  EXPECT_EQ(out[1].edx, 5u);
+  EXPECT_EQ(out[2].ebx, 832u);
+  auto single = FilterCpuid(in, 0, 1, false);
+  EXPECT_FALSE(single[0].ecx & (1u << 24));
+  EXPECT_FALSE(single[0].edx & (1u << 28));
+}
+
+TEST(BootCpu, LongModeEntryState) {
+  std::vector<uint8_t> mem(1 << 20);
+  WriteBootPageTables(mem);
+  uint64_t pml4, pd0_1;
+  std::memcpy(&pml4, &mem[kPml4Start], 8);
+  EXPECT_EQ(pml4, kPdptStart | 3);
+  std::memcpy(&pd0_1, &mem[kPdStart + 8], 8);
+  EXPECT_EQ(pd0_1, (2ull << 20) | 0x83);
+  uint64_t last_pd_last;
+  std::memcpy(&last_pd_last, &mem[kPdStart + 3 * 4096 + 511 * 8], 8);
+  EXPECT_EQ(last_pd_last, ((4ull << 30) - (2ull << 20)) | 0x83);
+  const kvm_sregs s = BootSregs(kvm_sregs{}, true);
+  EXPECT_EQ(s.cs.selector, kBootCs);
+  EXPECT_EQ(s.cs.l, 1);
+  EXPECT_EQ(s.ds.selector, kBootDs);
+  EXPECT_EQ(s.cr3, kPml4Start);
+  EXPECT_TRUE(s.efer & (1 << 10));
+  const kvm_regs r = BootRegs(kKernelStart + kKernel64EntryOffset);
+  EXPECT_EQ(r.rip, 0x100200u);
+  EXPECT_EQ(r.rsi, kBootParamsStart);
+  const kvm_sregs p = BootSregs(kvm_sregs{}, false);
+  EXPECT_EQ(p.cs.l, 0);
+  EXPECT_EQ(p.cr0 & (1ull << 31), 0u);
+}
+
+}  // namespace
+}  // namespace lmig::x86

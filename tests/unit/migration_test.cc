@@ -1,0 +1,249 @@
+// The migration engine and the TCP transport on the host: loopback TCP, tiny guests.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <random>
+#include <thread>
+
+#include "include/lmig/transport.h"
+#include "src/migration/receiver.h"
+#include "src/migration/sender.h"
+#include "tests/unit/tiny_guest.h"
+
+namespace lmig {
+namespace {
+
+using namespace testing_guest;
+
+uint16_t FreePort() {
+  static std::mt19937 rng(::getpid());
+  return static_cast<uint16_t>(20000 + rng() % 20000);
+}
+
+struct Pair {
+  std::unique_ptr<Transport> src, dst;
+};
+
+Pair ConnectPair(TransportOptions opts = {}) {
+  for (int attempt = 0; attempt < 10; ++attempt) {
+    const uint16_t port = FreePort();
+    auto listener = ListenTransport(proto::TransportKind::kTcp, "127.0.0.1", port, opts);
+    if (!listener.ok()) {
+      continue;
+    }
+    Pair p;
+    std::thread t([&] {
+      auto d = (*listener)->Accept();
+      if (d.ok()) {
+        p.dst = std::move(*d);
+      }
+    });
+    auto s = ConnectTransport(proto::TransportKind::kTcp, "127.0.0.1", port, opts);
+    t.join();
+    if (s.ok() && p.dst) {
+      p.src = std::move(*s);
+      return p;
+    }
+  }
+  ADD_FAILURE() << "no loopback connection";
+  return {};
+}
+
+TEST(TcpTransport, MovesRangesIntoTheSameOffsetsAndOrdersControlAfterData) {
+  Pair p = ConnectPair();
+  ASSERT_TRUE(p.src && p.dst);
+  std::vector<uint8_t> a(64 * 4096), b(64 * 4096, 0);
+  for (size_t i = 0; i < a.size(); ++i) {
+    a[i] = static_cast<uint8_t>(i * 7 + 3);
+  }
+  ASSERT_TRUE(p.src->AttachMemory(a.data(), a.size()).ok());
+  ASSERT_TRUE(p.dst->AttachMemory(b.data(), b.size()).ok());
+  const std::vector<RamRange> ranges = {{0, 4096}, {8 * 4096, 16 * 4096}, {63 * 4096, 4096}};
+  ASSERT_TRUE(p.src->Write(ranges).ok());
+  ASSERT_TRUE(p.src->Send(proto::MsgType::kEndRound, 0, std::vector<uint8_t>(24, 1)).ok());
+  auto m = p.dst->Receive();
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->type, proto::MsgType::kEndRound);
+  for (const RamRange& r : ranges) {
+    EXPECT_EQ(0, std::memcmp(a.data() + r.offset, b.data() + r.offset, r.length));
+  }
+  EXPECT_EQ(b[4 * 4096], 0);  // untouched range stays zero
+  EXPECT_EQ(p.src->stats().data_bytes, 18u * 4096);
+}
+
+TEST(TcpTransport, CorruptStreamAndDeadPeerAreErrors) {
+  Pair p = ConnectPair();
+  ASSERT_TRUE(p.src && p.dst);
+  p.src.reset();  // the peer dies
+  auto m = p.dst->Receive();
+  EXPECT_FALSE(m.ok());
+  EXPECT_THAT(std::string(m.status().message()), testing::HasSubstr("closed"));
+
+  // A peer that speaks something else: raw bytes where a frame header should be.
+  const uint16_t port = FreePort();
+  auto listener = ListenTransport(proto::TransportKind::kTcp, "127.0.0.1", port, {});
+  ASSERT_TRUE(listener.ok());
+  std::thread junk([&] {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    const std::string http = "GET / HTTP/1.1\r\nHost: x\r\n\r\n......................";
+    ASSERT_GT(::write(fd, http.data(), http.size()), 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    ::close(fd);
+  });
+  auto t = (*listener)->Accept();
+  ASSERT_TRUE(t.ok());
+  auto bad = (*t)->Receive();
+  junk.join();
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), testing::HasSubstr("corrupt stream"));
+}
+
+TEST(TcpTransport, UnreachablePeerNamesTheAddress) {
+  TransportOptions o;
+  o.timeout = absl::Seconds(2);
+  auto t = ConnectTransport(proto::TransportKind::kTcp, "127.0.0.1", 1, o);
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(std::string(t.status().message()), testing::HasSubstr("127.0.0.1:1"));
+}
+
+struct Vm {
+  std::unique_ptr<ConsoleBuffer> console;
+  std::unique_ptr<Machine> machine;
+};
+
+absl::StatusOr<Machine*> CreateVm(Vm& vm, uint64_t mem, int cpus) {
+  ASSIGN_OR_RETURN(vm.console, ConsoleBuffer::Create());
+  MachineConfig c;
+  c.mem_size = mem;
+  c.num_cpus = cpus;
+  ASSIGN_OR_RETURN(vm.machine, Machine::Create(c, vm.console.get()));
+  return vm.machine.get();
+}
+
+// Runs the real engine: sender on machine A, receiver creating machine B.
+struct EngineRun {
+  absl::Status send_status, recv_status;
+  MigrationStats send_stats, recv_stats;
+};
+
+EngineRun Migrate(Machine* a, Pair& p, Vm& b, SenderOptions opts, const std::string& dst_key) {
+  EngineRun r;
+  std::thread dst([&] {
+    MigrationReceiver recv(
+        p.dst.get(), dst_key,
+        [&](const proto::Hello& h) { return CreateVm(b, h.mem_size, h.num_cpus); },
+        [](Machine* m) { return m->Start(); }, [](const std::string&) {});
+    r.recv_status = recv.Run(r.recv_stats);
+  });
+  MigrationSender sender(a, p.src.get(), opts, [](const std::string&) {});
+  r.send_status = sender.Run(r.send_stats);
+  dst.join();
+  return r;
+}
+
+TEST(Engine, MigratesARunningTinyGuestThatContinuesWithoutLosingOutput) {
+  Vm a;
+  ASSERT_TRUE(CreateVm(a, 16ull << 20, 1).ok());
+  ASSERT_TRUE(LoadRealMode(*a.machine, kCounter).ok());
+  ASSERT_TRUE(a.machine->Start().ok());
+  std::string out_a;
+  for (int i = 0; i < 2000 && out_a.size() < 4; ++i) {
+    out_a += a.console->Take();
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  Pair p = ConnectPair();
+  ASSERT_TRUE(p.src && p.dst);
+  Vm b;
+  SenderOptions opts;
+  opts.verify_memory = true;
+  EngineRun r = Migrate(a.machine.get(), p, b, opts, "");
+  ASSERT_TRUE(r.send_status.ok()) << r.send_status;
+  ASSERT_TRUE(r.recv_status.ok()) << r.recv_status;
+  out_a += a.console->Take();
+  a.machine->RequestStop({ExitInfo::kStopped, "migrated"});
+  a.machine->Join();
+  ASSERT_LT(out_a.size(), 40u) << "the guest finished before the migration did";
+  ASSERT_TRUE(WaitStopped(*b.machine, 30000));
+  b.machine->Join();
+  EXPECT_EQ(b.machine->exit_info().kind, ExitInfo::kReset);
+  EXPECT_EQ(out_a + b.console->Take(), CounterOutput());
+  EXPECT_EQ(r.send_stats.status, "completed");
+  EXPECT_GE(r.send_stats.rounds, 2);
+  EXPECT_GT(r.send_stats.zero_pages_skipped, 4000u);  // 16 MiB, nearly all zero
+  EXPECT_GT(r.send_stats.downtime_ms, 0);
+  EXPECT_EQ(r.send_stats.pages_sent, r.recv_stats.pages_sent);
+  EXPECT_NE(r.send_stats.ToJson().find("\"downtime_ms\""), std::string::npos);
+}
+
+TEST(Engine, WrongKeyIsRefusedAndTheSourceKeepsRunning) {
+  Vm a;
+  ASSERT_TRUE(CreateVm(a, 16ull << 20, 1).ok());
+  ASSERT_TRUE(LoadRealMode(*a.machine, kCounter).ok());
+  ASSERT_TRUE(a.machine->Start().ok());
+  Pair p = ConnectPair();
+  ASSERT_TRUE(p.src && p.dst);
+  Vm b;
+  SenderOptions opts;
+  opts.key = "right";
+  EngineRun r = Migrate(a.machine.get(), p, b, opts, "other");
+  EXPECT_EQ(r.send_status.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(std::string(r.send_status.message()), testing::HasSubstr("wrong key"));
+  EXPECT_FALSE(r.recv_status.ok());
+  EXPECT_EQ(b.machine, nullptr);  // no VM was even created
+  // The source guest was never stopped: it runs to its end.
+  ASSERT_TRUE(WaitStopped(*a.machine, 30000));
+  a.machine->Join();
+  EXPECT_EQ(a.machine->exit_info().kind, ExitInfo::kReset);
+}
+
+TEST(Engine, DestinationDyingMidMigrationLeavesTheSourceRunning) {
+  Vm a;
+  ASSERT_TRUE(CreateVm(a, 16ull << 20, 1).ok());
+  ASSERT_TRUE(LoadRealMode(*a.machine, kCounter).ok());
+  ASSERT_TRUE(a.machine->Start().ok());
+  Pair p = ConnectPair();
+  ASSERT_TRUE(p.src && p.dst);
+  // The "destination" reads the HELLO, then vanishes.
+  std::thread dst([&] {
+    (void)p.dst->Receive();
+    p.dst.reset();
+  });
+  MigrationSender sender(a.machine.get(), p.src.get(), SenderOptions{}, [](const std::string&) {});
+  MigrationStats stats;
+  absl::Status s = sender.Run(stats);
+  dst.join();
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(stats.status, "failed");
+  EXPECT_FALSE(a.machine->dirty_log().active());
+  ASSERT_TRUE(WaitStopped(*a.machine, 30000));
+  a.machine->Join();
+  EXPECT_EQ(a.machine->exit_info().kind, ExitInfo::kReset);
+  EXPECT_EQ(a.console->Take(), CounterOutput());
+}
+
+TEST(Receiver, RejectsMessagesOutOfOrder) {
+  Pair p = ConnectPair();
+  ASSERT_TRUE(p.src && p.dst);
+  ASSERT_TRUE(p.src->Send(proto::MsgType::kComplete, 0, std::vector<uint8_t>(24)).ok());
+  MigrationReceiver recv(
+      p.dst.get(), "", [](const proto::Hello&) -> absl::StatusOr<Machine*> {
+        return absl::InternalError("must not be called");
+      },
+      [](Machine*) { return absl::OkStatus(); }, [](const std::string&) {});
+  MigrationStats stats;
+  absl::Status s = recv.Run(stats);
+  EXPECT_THAT(std::string(s.message()), testing::HasSubstr("unexpected COMPLETE while awaiting HELLO"));
+  EXPECT_EQ(recv.state(), MigrationReceiver::State::kFailed);
+}
+
+}  // namespace
+}  // namespace lmig
