@@ -46,6 +46,9 @@ struct DestFlags {
   TransportFlags transport;
   std::string listen;
   std::string kvm_path = "/dev/kvm";
+  // Optional onward migration once the guest runs here (e.g. ping-pong A -> B -> A):
+  // outgoing.peer non-empty enables it; outgoing.transport is ignored (the incoming one is used).
+  SourceFlags outgoing;
 };
 
 absl::StatusOr<int> RunCommand(const VmFlags& flags);

@@ -40,6 +40,33 @@ void AddTransportFlags(CLI::App* app, lmig::TransportFlags& t) {
       ->default_val(30);
 }
 
+void AddOutgoingFlags(CLI::App* app, lmig::SourceFlags& f, bool source) {
+  auto* peer = app->add_option(
+      "--peer", f.peer,
+      source ? "destination HOST:PORT" : "after resuming, migrate the guest on to HOST:PORT");
+  if (source) {
+    peer->required();
+  }
+  app->add_option("--migrate-after", f.migrate_after_s,
+                  "start migrating after this many seconds (default: at once)");
+  app->add_option("--migrate-on-output", f.migrate_on_output,
+                  "start migrating when the guest console prints this text");
+  app->add_option("--downtime-target", f.downtime_target_ms,
+                  "stop-and-copy when the rest fits in this many ms")
+      ->default_val(50);
+  app->add_option("--max-bandwidth", f.max_bandwidth,
+                  "cap the migration rate, e.g. 100M (bytes/s); 0 = no cap")
+      ->default_val("0");
+  app->add_option("--max-rounds", f.max_rounds, "pre-copy round cap")->default_val(30);
+  app->add_flag("--verify-memory", f.verify_memory,
+                "hash all guest memory on both sides at the end (adds downtime)");
+  app->add_flag("--no-throttle", f.no_throttle, "never throttle vCPUs to force convergence");
+  if (!source) {
+    app->add_option("--out-stats-json", f.transport.stats_json,
+                    "statistics of the onward migration as JSON");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -56,28 +83,14 @@ int main(int argc, char** argv) {
   CLI::App* src = app.add_subcommand("src", "boot a VM and live-migrate it to a destination");
   AddVmFlags(src, src_vm);
   AddTransportFlags(src, src_flags.transport);
-  src->add_option("--peer", src_flags.peer, "destination HOST:PORT")->required();
-  src->add_option("--migrate-after", src_flags.migrate_after_s,
-                  "start migrating after this many seconds");
-  src->add_option("--migrate-on-output", src_flags.migrate_on_output,
-                  "start migrating when the guest console prints this text");
-  src->add_option("--downtime-target", src_flags.downtime_target_ms,
-                  "stop-and-copy when the rest fits in this many ms")
-      ->default_val(50);
-  src->add_option("--max-bandwidth", src_flags.max_bandwidth,
-                  "cap the migration rate, e.g. 100M (bytes/s); 0 = no cap")
-      ->default_val("0");
-  src->add_option("--max-rounds", src_flags.max_rounds, "pre-copy round cap")->default_val(30);
-  src->add_flag("--verify-memory", src_flags.verify_memory,
-                "hash all guest memory on both sides at the end (adds downtime)");
-  src->add_flag("--no-throttle", src_flags.no_throttle,
-                "never throttle vCPUs to force convergence");
+  AddOutgoingFlags(src, src_flags, true);
 
   lmig::DestFlags dst_flags;
   CLI::App* dst = app.add_subcommand("dst", "receive a live migration and run the VM");
   AddTransportFlags(dst, dst_flags.transport);
   dst->add_option("--listen", dst_flags.listen, "ADDR:PORT to listen on")->required();
   dst->add_option("--kvm", dst_flags.kvm_path, "KVM device")->default_val("/dev/kvm");
+  AddOutgoingFlags(dst, dst_flags.outgoing, false);
 
   try {
     app.parse(argc, argv);

@@ -40,108 +40,151 @@ void Report(const char* role, const MigrationStats& stats, const std::string& js
 
 }  // namespace
 
-absl::StatusOr<int> SourceCommand(const VmFlags& vm, const SourceFlags& flags) {
-  ASSIGN_OR_RETURN(MachineConfig config, MachineConfigFromFlags(vm));
-  ASSIGN_OR_RETURN(HostPort peer, ParseHostPort("--peer", flags.peer));
-  SenderOptions opts;
-  ASSIGN_OR_RETURN(opts.max_bandwidth, ParseRate("--max-bandwidth", flags.max_bandwidth));
-  if (flags.downtime_target_ms < 1 || flags.max_rounds < 1) {
-    return absl::InvalidArgumentError("--downtime-target and --max-rounds must be positive");
+// Arms and runs an outgoing migration of RT's guest on a worker thread; results come back to
+// the session's reactor. Used by `src`, and by `dst --peer` for onward migration.
+class OutgoingMigration {
+ public:
+  OutgoingMigration(VmRuntime* rt, const SourceFlags& flags, std::string role)
+      : rt_(rt), flags_(flags), role_(std::move(role)) {}
+
+  absl::Status Prepare() {
+    ASSIGN_OR_RETURN(peer_, ParseHostPort("--peer", flags_.peer));
+    ASSIGN_OR_RETURN(opts_.max_bandwidth, ParseRate("--max-bandwidth", flags_.max_bandwidth));
+    if (flags_.downtime_target_ms < 1 || flags_.max_rounds < 1) {
+      return absl::InvalidArgumentError("--downtime-target and --max-rounds must be positive");
+    }
+    opts_.policy.downtime_target_ms = static_cast<uint64_t>(flags_.downtime_target_ms);
+    opts_.policy.max_rounds = flags_.max_rounds;
+    opts_.policy.allow_throttle = !flags_.no_throttle;
+    opts_.verify_memory = flags_.verify_memory;
+    opts_.key = flags_.transport.key;
+    kind_ = KindOf(flags_.transport.transport);
+    opts_.max_run_bytes = kind_ == proto::TransportKind::kRdma ? (256 << 10) : (1 << 20);
+    topts_ = OptionsOf(flags_.transport);
+    return absl::OkStatus();
   }
-  opts.policy.downtime_target_ms = static_cast<uint64_t>(flags.downtime_target_ms);
-  opts.policy.max_rounds = flags.max_rounds;
-  opts.policy.allow_throttle = !flags.no_throttle;
-  opts.verify_memory = flags.verify_memory;
-  opts.key = flags.transport.key;
-  const proto::TransportKind kind = KindOf(flags.transport.transport);
-  opts.max_run_bytes = kind == proto::TransportKind::kRdma ? (256 << 10) : (1 << 20);
-  const TransportOptions topts = OptionsOf(flags.transport);
 
-  ASSIGN_OR_RETURN(auto rt, VmRuntime::Create(config));
-  RETURN_IF_ERROR(rt->machine->LoadLinux({vm.kernel, vm.initrd, vm.cmdline}));
-
-  bool started = false, migrated = false, failed = false;
-  std::thread worker;
-  MigrationStats stats;
-  auto progress = [](const std::string& line) {
-    std::fprintf(stderr, "lmig-rdma src: %s\n", line.c_str());
-  };
-  auto start_migration = [&] {
-    if (started) {
+  // Call before the session starts: the console watcher for --migrate-on-output.
+  void ArmWatcher() {
+    if (flags_.migrate_on_output.empty()) {
       return;
     }
-    started = true;
-    progress(absl::StrFormat("migrating to %s over %s", flags.peer, flags.transport.transport));
-    worker = std::thread([&, progress] {
+    auto tail = std::make_shared<std::string>();
+    rt_->session->SetOutputWatcher([this, tail](std::string_view out) {
+      tail->append(out);
+      if (!started_ && tail->find(flags_.migrate_on_output) != std::string::npos) {
+        Start();
+      }
+      if (tail->size() > flags_.migrate_on_output.size() * 2 + 4096) {
+        tail->erase(0, tail->size() - flags_.migrate_on_output.size());
+      }
+    });
+  }
+
+  // Call once the guest runs: the timer for --migrate-after (or at once).
+  void ArmTimer() {
+    if (!flags_.migrate_on_output.empty()) {
+      return;
+    }
+    const double after = std::max(0.0, flags_.migrate_after_s);
+    rt_->reactor->Timeout(absl::Seconds(after), [this](int, uint32_t) { Start(); });
+  }
+
+  // After the session ended: the exit status.
+  int Finish(const ExitInfo& e) {
+    if (worker_.joinable()) {
+      // The guest ended while migrating: the engine notices or times out.
+      worker_.join();
+      Report(role_.c_str(), stats_, flags_.transport.stats_json);
+      migrated_ = stats_.status == "completed";
+      failed_ = !migrated_;
+    }
+    if (migrated_) {
+      std::fprintf(stderr, "lmig-rdma %s: %s\n", role_.c_str(), e.message.c_str());
+      return 0;
+    }
+    std::fprintf(stderr, "lmig-rdma %s: %s%s\n", role_.c_str(),
+                 e.kind == ExitInfo::kError ? "guest failed: " : "", e.message.c_str());
+    if (!started_) {
+      std::fprintf(stderr, "lmig-rdma %s: the guest ended before the migration started\n",
+                   role_.c_str());
+      return kExitMigrationFailed;
+    }
+    return failed_ ? kExitMigrationFailed : ExitStatusFor(e);
+  }
+
+ private:
+  void Progress(const std::string& line) const {
+    std::fprintf(stderr, "lmig-rdma %s: %s\n", role_.c_str(), line.c_str());
+  }
+
+  void Start() {
+    if (started_) {
+      return;
+    }
+    started_ = true;
+    Progress(absl::StrFormat("migrating to %s over %s", flags_.peer, flags_.transport.transport));
+    worker_ = std::thread([this] {
       absl::Status result;
-      auto t = ConnectTransport(kind, peer.host, peer.port, topts);
+      auto t = ConnectTransport(kind_, peer_.host, peer_.port, topts_);
       if (!t.ok()) {
         result = t.status();
-        stats.error = std::string(result.message());
+        stats_.error = std::string(result.message());
       } else {
-        MigrationSender sender(rt->machine.get(), t->get(), opts, progress);
-        result = sender.Run(stats);
+        MigrationSender sender(rt_->machine.get(), t->get(), opts_,
+                               [this](const std::string& l) { Progress(l); });
+        result = sender.Run(stats_);
       }
-      rt->session->Post([&, result] {
-        worker.join();
-        Report("src", stats, flags.transport.stats_json);
-        if (result.ok()) {
-          migrated = true;
-          rt->machine->RequestStop(
-              {ExitInfo::kStopped, absl::StrFormat("guest migrated to %s", flags.peer)});
-        } else {
-          failed = true;
-          std::fprintf(stderr,
-                       "lmig-rdma src: migration failed: %s; the guest keeps running here\n",
-                       std::string(result.message()).c_str());
-        }
-      });
-    });
-  };
-
-  if (!flags.migrate_on_output.empty()) {
-    auto tail = std::make_shared<std::string>();
-    rt->session->SetOutputWatcher([&, tail](std::string_view out) {
-      tail->append(out);
-      if (!started && tail->find(flags.migrate_on_output) != std::string::npos) {
-        start_migration();
-      }
-      if (tail->size() > flags.migrate_on_output.size() * 2 + 4096) {
-        tail->erase(0, tail->size() - flags.migrate_on_output.size());
-      }
+      rt_->session->Post([this, result] { Done(result); });
     });
   }
+
+  void Done(const absl::Status& result) {
+    worker_.join();
+    Report(role_.c_str(), stats_, flags_.transport.stats_json);
+    if (result.ok()) {
+      migrated_ = true;
+      rt_->machine->RequestStop(
+          {ExitInfo::kStopped, absl::StrFormat("guest migrated to %s", flags_.peer)});
+    } else {
+      failed_ = true;
+      Progress(absl::StrFormat("migration failed: %s; the guest keeps running here",
+                               result.message()));
+    }
+  }
+
+  VmRuntime* rt_;
+  const SourceFlags& flags_;
+  std::string role_;
+  HostPort peer_;
+  SenderOptions opts_;
+  proto::TransportKind kind_ = proto::TransportKind::kRdma;
+  TransportOptions topts_;
+  std::thread worker_;
+  MigrationStats stats_;
+  bool started_ = false, migrated_ = false, failed_ = false;
+};
+
+absl::StatusOr<int> SourceCommand(const VmFlags& vm, const SourceFlags& flags) {
+  ASSIGN_OR_RETURN(MachineConfig config, MachineConfigFromFlags(vm));
+  ASSIGN_OR_RETURN(auto rt, VmRuntime::Create(config));
+  OutgoingMigration out(rt.get(), flags, "src");
+  RETURN_IF_ERROR(out.Prepare());
+  RETURN_IF_ERROR(rt->machine->LoadLinux({vm.kernel, vm.initrd, vm.cmdline}));
+  out.ArmWatcher();
   RETURN_IF_ERROR(rt->session->Start());
   RETURN_IF_ERROR(rt->machine->Start());
-  if (flags.migrate_on_output.empty()) {
-    const double after = std::max(0.0, flags.migrate_after_s);
-    rt->reactor->Timeout(absl::Seconds(after), [&](int, uint32_t) { start_migration(); });
-  }
+  out.ArmTimer();
   ASSIGN_OR_RETURN(ExitInfo e, rt->session->Run());
-  if (worker.joinable()) {
-    // The guest ended while migrating: the engine notices (its vCPUs are gone) or times out.
-    worker.join();
-    Report("src", stats, flags.transport.stats_json);
-    migrated = stats.status == "completed";
-    failed = !migrated;
-  }
-  if (migrated) {
-    std::fprintf(stderr, "lmig-rdma src: %s\n", e.message.c_str());
-    return 0;
-  }
-  std::fprintf(stderr, "lmig-rdma src: %s%s\n", e.kind == ExitInfo::kError ? "guest failed: " : "",
-               e.message.c_str());
-  if (failed || !started) {
-    if (!started) {
-      std::fprintf(stderr, "lmig-rdma src: the guest ended before the migration started\n");
-    }
-    return kExitMigrationFailed;
-  }
-  return ExitStatusFor(e);
+  return out.Finish(e);
 }
 
 absl::StatusOr<int> DestCommand(const DestFlags& flags) {
   ASSIGN_OR_RETURN(HostPort where, ParseHostPort("--listen", flags.listen));
+  if (!flags.outgoing.peer.empty()) {
+    RETURN_IF_ERROR(ParseHostPort("--peer", flags.outgoing.peer).status());
+    RETURN_IF_ERROR(ParseRate("--max-bandwidth", flags.outgoing.max_bandwidth).status());
+  }
   const proto::TransportKind kind = KindOf(flags.transport.transport);
   ASSIGN_OR_RETURN(auto listener,
                    ListenTransport(kind, where.host, where.port, OptionsOf(flags.transport)));
@@ -149,6 +192,12 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
                flags.transport.transport.c_str());
   ASSIGN_OR_RETURN(auto transport, listener->Accept());
   std::unique_ptr<VmRuntime> rt;
+  std::unique_ptr<OutgoingMigration> onward;
+  SourceFlags out_flags = flags.outgoing;
+  out_flags.transport.transport = flags.transport.transport;
+  out_flags.transport.key = flags.transport.key;
+  out_flags.transport.timeout_s = flags.transport.timeout_s;
+  out_flags.transport.rdma_device = flags.transport.rdma_device;
   MigrationStats stats;
   MigrationReceiver receiver(
       transport.get(), flags.transport.key,
@@ -162,6 +211,11 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
         return rt->machine.get();
       },
       [&](Machine* m) -> absl::Status {
+        if (!out_flags.peer.empty()) {
+          onward = std::make_unique<OutgoingMigration>(rt.get(), out_flags, "dst");
+          RETURN_IF_ERROR(onward->Prepare());
+          onward->ArmWatcher();
+        }
         RETURN_IF_ERROR(rt->session->Start());
         return m->Start();
       },
@@ -174,7 +228,12 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
     return Annotate(s, "dst: migration failed, no guest resumed");
   }
   std::fprintf(stderr, "lmig-rdma dst: guest resumed\n");
-  return rt->RunToEnd("dst");
+  if (onward == nullptr) {
+    return rt->RunToEnd("dst");
+  }
+  onward->ArmTimer();
+  ASSIGN_OR_RETURN(ExitInfo e, rt->session->Run());
+  return onward->Finish(e);
 }
 
 }  // namespace lmig

@@ -62,6 +62,43 @@ TEST(TinyGuest, FatalGuestFaultIsAnErrorNamingTheExitAndRip) {
   EXPECT_THAT(e.message, testing::HasSubstr("rip=0x"));
 }
 
+// 64-bit guest: identity-mapped long mode as the kernel entry uses it; loops RCX times, prints
+// 'L', resets. LMIG_LONGMODE_ITERATIONS (the lab smoke test sets 50M) checks nested speed.
+TEST(TinyGuest, LongModeLoopRunsAndResets) {
+  const char* env = std::getenv("LMIG_LONGMODE_ITERATIONS");
+  const uint64_t iters = env ? std::strtoull(env, nullptr, 10) : 1000;
+  Vm vm = MakeVm();
+  Machine& m = *vm.machine;
+  std::vector<uint8_t> code = {0x48, 0xB9};
+  for (int i = 0; i < 8; ++i) {
+    code.push_back(static_cast<uint8_t>(iters >> (8 * i)));
+  }
+  const std::vector<uint8_t> rest = {0x48, 0xFF, 0xC9, 0x75, 0xFB,  // dec rcx; jnz
+                                     0x66, 0xBA, 0xF8, 0x03, 0xB0, 'L', 0xEE,
+                                     0xB0, 0xFE, 0xE6, 0x64, 0xF4};
+  code.insert(code.end(), rest.begin(), rest.end());
+  std::memcpy(m.memory().base() + kCodeAddr, code.data(), code.size());
+  x86::WriteBootPageTables(m.memory().low());
+  x86::WriteBootGdt(m.memory().low(), true);
+  auto sregs = m.vcpu(0).GetSregs();
+  ASSERT_TRUE(sregs.ok());
+  ASSERT_TRUE(m.vcpu(0).SetSregs(x86::BootSregs(*sregs, true)).ok());
+  ASSERT_TRUE(m.vcpu(0).SetRegs(x86::BootRegs(kCodeAddr)).ok());
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(m.Start().ok());
+  ASSERT_TRUE(WaitStopped(m, 60000));
+  m.Join();
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(m.exit_info().kind, ExitInfo::kReset) << m.exit_info().message;
+  EXPECT_EQ(vm.console->Take(), "L");
+  std::printf("long-mode loop: %llu iterations in %.3f s (%.1f M/s)\n",
+              static_cast<unsigned long long>(iters), secs, iters / secs / 1e6);
+  if (iters >= 10'000'000) {
+    EXPECT_GT(iters / secs, 20e6) << "not running at nested-KVM speed";
+  }
+}
+
 class DirtyTracking : public testing::TestWithParam<DirtyMode> {};
 
 TEST_P(DirtyTracking, ReportsExactlyThePagesTheGuestWrote) {

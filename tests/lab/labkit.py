@@ -1,0 +1,169 @@
+"""Helpers for lab tests: run lmig-rdma processes, watch their consoles, check the guest's
+workload output. Runs inside the lab (tools/lab run), stdlib only."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LMIG = os.path.join(ROOT, "build", "lmig-rdma")
+GUEST_INITRD = os.path.join(ROOT, "build", "guest.cpio")
+KERNEL = os.environ.get("LAB_KERNEL", "")
+RESULTS = os.environ.get("LAB_RESULTS", "/tmp")
+LAB_IP = "10.0.2.15"
+BASE_CMDLINE = "console=ttyS0 reboot=k panic=-1 pci=off quiet"
+
+_port = [4400 + (os.getpid() % 50) * 10]
+
+
+def next_port():
+    _port[0] += 1
+    return _port[0]
+
+
+class Proc:
+    """A running lmig-rdma with stdin as a pipe and stdout/stderr collected by threads."""
+
+    def __init__(self, args, name):
+        self.name = name
+        self.args = [LMIG] + args
+        self.p = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        self.out = bytearray()
+        self.err = bytearray()
+        self.cv = threading.Condition()
+        for stream, buf in ((self.p.stdout, self.out), (self.p.stderr, self.err)):
+            threading.Thread(target=self._pump, args=(stream, buf), daemon=True).start()
+
+    def _pump(self, stream, buf):
+        while True:
+            data = stream.read1(65536)
+            if not data:
+                break
+            with self.cv:
+                buf.extend(data)
+                self.cv.notify_all()
+
+    def stdout(self):
+        with self.cv:
+            return self.out.decode(errors="replace")
+
+    def stderr(self):
+        with self.cv:
+            return self.err.decode(errors="replace")
+
+    def wait_for(self, pattern, timeout, stream="out"):
+        """Waits until PATTERN (regex) appears; returns the match or fails with the tails."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.cv:
+            while True:
+                text = (self.out if stream == "out" else self.err).decode(errors="replace")
+                m = rx.search(text)
+                if m:
+                    return m
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.p.poll() is not None and not self._more_coming()):
+                    raise AssertionError(
+                        f"{self.name}: no /{pattern}/ within {timeout}s (exit {self.p.poll()})\n"
+                        f"--- stdout tail:\n{self.out.decode(errors='replace')[-1500:]}\n"
+                        f"--- stderr tail:\n{self.err.decode(errors='replace')[-2500:]}")
+                self.cv.wait(min(left, 0.5))
+
+    def _more_coming(self):
+        return False
+
+    def send(self, text):
+        self.p.stdin.write(text.encode())
+        self.p.stdin.flush()
+
+    def close_stdin(self):
+        self.p.stdin.close()
+
+    def wait(self, timeout):
+        try:
+            rc = self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            raise AssertionError(f"{self.name}: still running after {timeout}s\n"
+                                 f"--- stderr tail:\n{self.stderr()[-2500:]}")
+        time.sleep(0.2)  # let the pump threads drain
+        return rc
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+
+
+def guest_cmdline(extra=""):
+    return f"{BASE_CMDLINE} {extra}".strip()
+
+
+def vm_args(mem="512M", cpus=1, extra_cmdline="", initrd=None):
+    return ["--kernel", KERNEL, "--initrd", initrd or GUEST_INITRD, "--mem", mem,
+            "--cpus", str(cpus), "--cmdline", guest_cmdline(extra_cmdline)]
+
+
+def workload(mib=64, rate=8, threads=1):
+    return f"lmig.workload=--mib,{mib},--rate,{rate},--threads,{threads}"
+
+
+TICK = re.compile(r"tick (\d+) verified=(\d+) errors=(\d+)")
+
+
+def ticks(text):
+    return [(int(a), int(b), int(c)) for a, b, c in TICK.findall(text)]
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+class LabTest(unittest.TestCase):
+    procs = []
+
+    def setUp(self):
+        self.procs = []
+        self.started = time.monotonic()
+
+    def tearDown(self):
+        for p in self.procs:
+            p.kill()
+            p.p.wait()
+            for f in (p.p.stdin, p.p.stdout, p.p.stderr):
+                try:
+                    f.close()
+                except (OSError, ValueError):
+                    pass
+        print(f"  [{self.id().split('.')[-1]}: {time.monotonic() - self.started:.1f}s]",
+              flush=True)
+
+    def start(self, args, name):
+        p = Proc(args, name)
+        self.procs.append(p)
+        return p
+
+    def assert_ticks_continue(self, *outputs):
+        """The guest's ticks across all hosts form one unbroken sequence with errors=0."""
+        joined = "".join(outputs)
+        seq = ticks(joined)
+        self.assertTrue(seq, "no ticks at all")
+        nums = [t[0] for t in seq]
+        self.assertEqual(nums, list(range(nums[0], nums[0] + len(nums))),
+                         f"tick numbers skipped or repeated: {nums}")
+        self.assertNotIn("CORRUPTION", joined)
+        self.assertTrue(all(t[2] == 0 for t in seq), f"workload errors: {seq[-1]}")
+        return seq
+
+
+def main():
+    if not KERNEL or not os.path.exists(KERNEL):
+        raise SystemExit("lab tests run inside the lab: tools/lab run -- python3 " +
+                         " ".join(os.sys.argv))
+    unittest.main(verbosity=2)

@@ -1,0 +1,17 @@
+#!/bin/sh
+# Lab smoke test: nested KVM runs a tiny long-mode guest at nested speed, rxe0 exists, and
+# ib_write_bw over rxe0 completes.
+set -e
+cd "$(dirname "$0")/../.."
+echo "== nested KVM: tiny long-mode guest"
+LMIG_LONGMODE_ITERATIONS=50000000 build/tests/unit_tests --gtest_filter='TinyGuest.LongMode*'
+echo "== ibv_devices"
+ibv_devices | tee /tmp/devs
+grep -q rxe0 /tmp/devs
+echo "== ib_write_bw over rxe0"
+ib_write_bw -d rxe0 -s 65536 -D 2 >/tmp/bw-server.log 2>&1 &
+sleep 1
+ib_write_bw -d rxe0 -s 65536 -D 2 10.0.2.15 | tee /tmp/bw.log
+wait
+grep -qE "^ *65536 +[0-9]+ +[0-9.]+ +[0-9.]+" /tmp/bw.log
+echo "smoke: OK"
