@@ -129,6 +129,8 @@ class OutgoingMigration {
       auto t = ConnectTransport(kind_, peer_.host, peer_.port, topts_);
       if (!t.ok()) {
         result = t.status();
+        stats_.status = "failed";
+        stats_.transport = flags_.transport.transport;
         stats_.error = std::string(result.message());
       } else {
         MigrationSender sender(rt_->machine.get(), t->get(), opts_,

@@ -72,6 +72,10 @@ absl::StatusOr<Kvm> Kvm::Open(const std::string& path) {
                        err);
   }
   const int version = ::ioctl(fd.get(), KVM_GET_API_VERSION, 0);
+  if (version < 0) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("%s is not a KVM device: %s", path, std::strerror(errno)));
+  }
   if (version != KVM_API_VERSION) {
     return absl::FailedPreconditionError(
         absl::StrFormat("%s: KVM API version %d, need %d", path, version, KVM_API_VERSION));

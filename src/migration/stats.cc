@@ -45,6 +45,22 @@ std::string MigrationStats::ToJson() const {
 }
 
 std::string MigrationStats::HumanReport() const {
+  if (status != "completed" && rounds == 0 && transferred_bytes == 0) {
+    // Failed before any memory moved (no connection, refused handshake): nothing to measure.
+    return absl::StrFormat("migration %s before any memory was sent: %s\n", status, error);
+  }
+  if (role == "destination") {
+    // The destination measures what arrived; downtime and throttling are the source's numbers.
+    std::string s = absl::StrFormat(
+        "migration %s over %s: %.1f MiB in %d rounds (%d pages, state %d bytes), "
+        "%.1f ms from connection to resume, memory registration %.1f ms\n",
+        status, transport, transferred_bytes / 1048576.0, rounds, pages_sent, state_bytes,
+        total_time_ms, registration_ms);
+    if (!error.empty()) {
+      s += "  error: " + error + "\n";
+    }
+    return s;
+  }
   std::string s = absl::StrFormat(
       "migration %s over %s (%s dirty tracking)\n"
       "  total time      %10.1f ms   (setup %.1f ms, of which memory registration %.1f ms)\n"

@@ -91,6 +91,7 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.p.kill()
             raise AssertionError(f"{self.name}: still running after {timeout}s\n"
+                                 f"--- stdout tail:\n{self.stdout()[-1500:]}\n"
                                  f"--- stderr tail:\n{self.stderr()[-2500:]}")
         time.sleep(0.2)  # let the pump threads drain
         return rc

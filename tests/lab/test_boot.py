@@ -40,6 +40,7 @@ class Boot(LabTest):
     def test_8g_guest_boots(self):
         p, cpus, mem_kb = self.boot("8G", 1)
         self.assertGreater(mem_kb, 7900 * 1024)
+        p.wait_for("shell ready", 30)
         p.send("reboot -f\n")
         self.assertEqual(p.wait(60), 0)
 
