@@ -172,7 +172,7 @@ absl::Status MigrationSender::StopAndCopy(PageBitmap& dirty, MigrationStats& sta
 
 absl::Status MigrationSender::Run(MigrationStats& stats) {
   const absl::Time start = absl::Now();
-  const double cpu_start = ProcessCpuMs();
+  const double cpu_start = ThreadCpuMs();
   stats.role = "source";
   stats.transport = t_->kind() == proto::TransportKind::kRdma ? "rdma" : "tcp";
   stats.dirty_tracking = m_->config().dirty_mode == DirtyMode::kRing ? "ring" : "bitmap";
@@ -219,7 +219,7 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
   stats.transferred_bytes = ts.data_bytes + ts.control_bytes;
   stats.zero_copy = ts.zero_copy;
   stats.registration_ms = ts.registration_ms;
-  stats.src_cpu_ms = ProcessCpuMs() - cpu_start;
+  stats.src_cpu_ms = ThreadCpuMs() - cpu_start;
   if (result.ok()) {
     stats.status = "completed";
     return absl::OkStatus();

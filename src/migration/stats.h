@@ -37,7 +37,7 @@ struct MigrationStats {
   int max_throttle_pct = 0;
   bool zero_copy = false;
   uint64_t state_bytes = 0;
-  double src_cpu_ms = 0;  // CPU time the migrating process used (user + system)
+  double src_cpu_ms = 0;  // CPU time of the migration thread (user + system; vCPUs excluded)
   std::vector<RoundStats> per_round;
 
   std::string ToJson() const;
@@ -47,6 +47,7 @@ struct MigrationStats {
 absl::Status WriteStatsJson(const MigrationStats& s, const std::string& path);
 
 // CPU time (user + system) of this process so far, in milliseconds.
-double ProcessCpuMs();
+// CPU time (user + system) the calling thread has used so far.
+double ThreadCpuMs();
 
 }  // namespace lmig

@@ -188,19 +188,29 @@ TEST(RdmaTransport, NobodyListeningNamesThePeer) {
               testing::HasSubstr(absl::StrCat(LabIp(), ":", port)));
 }
 
-TEST(RdmaTransport, UnknownDeviceIsNamed) {
-  TransportOptions o;
-  o.rdma_device = "mlx5_42";
+TEST(RdmaTransport, UnknownDeviceIsNamedOnEitherSide) {
+  TransportOptions bad;
+  bad.rdma_device = "mlx5_42";
+  bad.timeout = absl::Seconds(10);
+  // The source: the route to the peer goes through rxe0, not the device asked for.
+  auto c = ConnectTransport(proto::TransportKind::kRdma, LabIp(), NextPort(), bad);
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), testing::HasSubstr("mlx5_42"));
+  // The destination refuses the connection and says why; the source hears a rejection.
   const uint16_t port = NextPort();
-  auto l = ListenTransport(proto::TransportKind::kRdma, LabIp(), port, o);
-  absl::Status s = l.status();
-  if (l.ok()) {
-    std::thread t([&] { (void)ConnectTransport(proto::TransportKind::kRdma, LabIp(), port, o); });
-    s = (*l)->Accept().status();
-    t.join();
-  }
+  auto l = ListenTransport(proto::TransportKind::kRdma, LabIp(), port, bad);
+  ASSERT_TRUE(l.ok()) << l.status();
+  absl::Status connect_status;
+  std::thread t([&] {
+    TransportOptions good;
+    good.timeout = absl::Seconds(10);
+    connect_status = ConnectTransport(proto::TransportKind::kRdma, LabIp(), port, good).status();
+  });
+  const absl::Status s = (*l)->Accept().status();
+  t.join();
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()), testing::HasSubstr("mlx5_42"));
+  EXPECT_FALSE(connect_status.ok());
 }
 
 }  // namespace
