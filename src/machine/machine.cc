@@ -14,6 +14,7 @@
 #include "src/arch/x86_64/boot.h"
 #include "src/arch/x86_64/cpu.h"
 #include "src/arch/x86_64/layout.h"
+#include "src/arch/x86_64/acpi.h"
 #include "src/arch/x86_64/mptable.h"
 #include "src/machine/state_codec.h"
 
@@ -206,7 +207,11 @@ absl::Status Machine::Init(ConsoleBuffer* console) {
   i8042_ = std::make_unique<I8042>(
       [this] { RequestStop({ExitInfo::kReset, "guest reset (i8042 0xfe)"}); });
   cmos_ = std::make_unique<Cmos>();
+  acpi_pm_ = std::make_unique<AcpiPm>(
+      [this] { RequestStop({ExitInfo::kShutdown, "guest powered off (ACPI S5)"}); });
   pio_.Register(x86::kCom1Port, 8, uart_.get());
+  pio_.Register(x86::kAcpiPm1EventPort, 4, acpi_pm_->event_block());
+  pio_.Register(x86::kAcpiPm1ControlPort, 2, acpi_pm_->control_block());
   pio_.Register(x86::kI8042DataPort, 5, i8042_.get());
   pio_.Register(x86::kCmosIndexPort, 2, cmos_.get());
   return absl::OkStatus();
@@ -264,7 +269,13 @@ absl::Status Machine::LoadLinux(const BootConfig& boot) {
 
   ASSIGN_OR_RETURN(x86::MpTables mp, x86::BuildMpTables(config_.num_cpus));
   std::memcpy(&low[x86::kEbdaStart], mp.floating_pointer.data(), mp.floating_pointer.size());
+  static_assert(x86::kAcpiTablesStart > x86::kMpConfigStart);
+  if (mp.config_table.size() > x86::kAcpiTablesStart - x86::kMpConfigStart) {
+    return absl::InternalError("MP configuration table overlaps the ACPI tables");
+  }
   std::memcpy(&low[x86::kMpConfigStart], mp.config_table.data(), mp.config_table.size());
+  const std::vector<uint8_t> acpi = x86::BuildAcpiTables(x86::kAcpiTablesStart, config_.num_cpus);
+  std::memcpy(&low[x86::kAcpiTablesStart], acpi.data(), acpi.size());
   const uint16_t ebda_segment = x86::kEbdaStart >> 4;
   std::memcpy(&low[x86::kBdaEbdaPointer], &ebda_segment, 2);
 

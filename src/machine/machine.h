@@ -17,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "src/base/unique_fd.h"
+#include "src/devices/acpi_pm.h"
 #include "src/devices/pio_bus.h"
 #include "src/devices/uart.h"
 #include "src/kvm/kvm.h"
@@ -151,6 +152,8 @@ class Machine {
   std::unique_ptr<Uart> uart_;
   std::unique_ptr<I8042> i8042_;
   std::unique_ptr<Cmos> cmos_;
+  // PM1 enable bits are not migrated: no PM1 event is ever raised, so they change nothing.
+  std::unique_ptr<AcpiPm> acpi_pm_;
   DirtyLog dirty_;
   friend class DirtyLog;
 

@@ -6,6 +6,11 @@
 
 namespace lmig {
 
+namespace {
+// As QEMU's cpu-throttle-max: a guest at 1% still runs (timers, console), just barely.
+constexpr int kMaxThrottlePct = 99;
+}  // namespace
+
 double MeasuredRate(const std::vector<RoundSample>& history) {
   uint64_t bytes = 0;
   double secs = 0;
@@ -35,7 +40,7 @@ PolicyDecision DecideNextRound(const PolicyConfig& cfg, const std::vector<RoundS
   }
   if (cfg.allow_throttle && history.size() >= 2 &&
       pending_bytes * 2 > history.back().bytes) {
-    d.throttle_pct = current_throttle == 0 ? 20 : std::min(95, current_throttle + 20);
+    d.throttle_pct = current_throttle == 0 ? 20 : std::min(kMaxThrottlePct, current_throttle + 20);
     d.reason = absl::StrFormat("not converging (%d bytes dirty after a %d byte round): "
                                "throttling vCPUs to %d%%",
                                pending_bytes, history.back().bytes, d.throttle_pct);

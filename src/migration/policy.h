@@ -5,7 +5,7 @@
 // measured rate, or at the round cap. A guest that keeps dirtying faster than the link drains
 // it is throttled (auto-converge, as QEMU does): from round 3 on, if a round did not shrink the
 // dirty set below half of what the previous round sent, vCPU throttling starts at 20% and rises
-// by 20 points per such round, up to 95%.
+// by 20 points per such round, up to 99%.
 #pragma once
 
 #include <cstdint>

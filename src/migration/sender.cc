@@ -72,7 +72,7 @@ absl::Status MigrationSender::Handshake() {
   h.page_size = kPage;
   h.mem_size = m_->memory().size();
   h.num_cpus = static_cast<uint32_t>(m_->num_vcpus());
-  h.features = opts_.verify_memory ? proto::kFeatureVerifyMemory : 0;
+  h.features = opts_.verify_memory ? static_cast<uint32_t>(proto::kFeatureVerifyMemory) : 0u;
   h.transport = static_cast<uint32_t>(t_->kind());
   h.dirty_mode = m_->config().dirty_mode == DirtyMode::kRing ? 1 : 2;
   h.key_hash = proto::KeyHash(opts_.key);

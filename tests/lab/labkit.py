@@ -11,7 +11,7 @@ import time
 import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LMIG = os.path.join(ROOT, "build", "lmig-rdma")
+LMIG = os.environ.get("LMIG_BIN", os.path.join(ROOT, "build", "lmig-rdma"))
 GUEST_INITRD = os.path.join(ROOT, "build", "guest.cpio")
 KERNEL = os.environ.get("LAB_KERNEL", "")
 RESULTS = os.environ.get("LAB_RESULTS", "/tmp")
@@ -27,11 +27,12 @@ def next_port():
 
 
 class Proc:
-    """A running lmig-rdma with stdin as a pipe and stdout/stderr collected by threads."""
+    """A running lmig-rdma (or PROGRAM) with stdin as a pipe and stdout/stderr collected by
+    threads."""
 
-    def __init__(self, args, name):
+    def __init__(self, args, name, program=None):
         self.name = name
-        self.args = [LMIG] + args
+        self.args = [program or LMIG] + args
         self.p = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE)
         self.out = bytearray()

@@ -44,6 +44,13 @@ class Boot(LabTest):
         p.send("reboot -f\n")
         self.assertEqual(p.wait(60), 0)
 
+    def test_poweroff_exits_0(self):
+        p, _, _ = self.boot("512M", 1)
+        p.wait_for("shell ready", 30)
+        p.send("poweroff -f\n")
+        self.assertEqual(p.wait(60), 0)
+        self.assertIn("powered off", p.stderr())
+
     def test_shell_answers_stdin(self):
         p, _, _ = self.boot("512M", 1)
         p.wait_for("shell ready", 30)

@@ -4,10 +4,12 @@
 #include <cstring>
 #include <vector>
 
+#include "src/arch/x86_64/acpi.h"
 #include "src/arch/x86_64/boot.h"
 #include "src/arch/x86_64/cpu.h"
 #include "src/arch/x86_64/layout.h"
 #include "src/arch/x86_64/mptable.h"
+#include "src/arch/x86_64/table_writer.h"
 
 namespace lmig::x86 {
 namespace {
@@ -136,6 +138,73 @@ TEST(MpTable, ChecksumsAndCountsAreValid) {
   }
   EXPECT_FALSE(BuildMpTables(0).ok());
   EXPECT_FALSE(BuildMpTables(65).ok());
+}
+
+uint32_t Le32(const std::vector<uint8_t>& b, size_t at) {
+  uint32_t v;
+  std::memcpy(&v, &b[at], 4);
+  return v;
+}
+
+uint64_t Le64(const std::vector<uint8_t>& b, size_t at) {
+  uint64_t v;
+  std::memcpy(&v, &b[at], 8);
+  return v;
+}
+
+// Follows RSDP -> XSDT -> FADT -> DSDT as the guest does, checking every checksum.
+TEST(Acpi, TablesChainFromTheRsdpWithValidChecksums) {
+  constexpr uint64_t kBase = x86::kAcpiTablesStart;
+  const std::vector<uint8_t> t = x86::BuildAcpiTables(kBase, 3);
+  auto table_at = [&](uint64_t gpa, const char* sig) {
+    const size_t off = gpa - kBase;
+    EXPECT_LT(off, t.size());
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(&t[off]), 4), sig);
+    const uint32_t len = Le32(t, off + 4);
+    EXPECT_LE(off + len, t.size());
+    EXPECT_EQ(x86::ByteSum(t, off, off + len), 0) << sig;
+    return off;
+  };
+  ASSERT_EQ(std::string(reinterpret_cast<const char*>(&t[0]), 8), "RSD PTR ");
+  EXPECT_EQ(kBase % 16, 0u);  // the guest scans 16-byte boundaries
+  EXPECT_GE(kBase, 0xe0000u);
+  EXPECT_EQ(x86::ByteSum(t, 0, 20), 0);
+  EXPECT_EQ(x86::ByteSum(t, 0, 36), 0);
+  EXPECT_EQ(t[15], 2);  // revision: XSDT
+  const size_t xsdt = table_at(Le64(t, 24), "XSDT");
+  ASSERT_EQ(Le32(t, xsdt + 4), 36u + 16u);  // FADT, MADT
+  const size_t fadt = table_at(Le64(t, xsdt + 36), "FACP");
+  EXPECT_EQ(Le32(t, fadt + 4), 276u);
+  EXPECT_EQ(t[fadt + 46], x86::kAcpiSciIrq);
+  EXPECT_EQ(Le32(t, fadt + 48), 0u);  // no SMI command port: always in ACPI mode
+  EXPECT_EQ(Le32(t, fadt + 56), x86::kAcpiPm1EventPort);
+  EXPECT_EQ(Le32(t, fadt + 64), x86::kAcpiPm1ControlPort);
+  EXPECT_EQ(t[fadt + 88], 4);  // PM1_EVT_LEN
+  EXPECT_EQ(t[fadt + 89], 2);  // PM1_CNT_LEN
+  EXPECT_EQ(Le32(t, fadt + 112) & (1u << 20), 0u);  // not hardware-reduced
+  EXPECT_NE(t[fadt + 109] & 2, 0);  // the i8042 is present (reboot=k)
+  const size_t dsdt = table_at(Le64(t, fadt + 140), "DSDT");
+  EXPECT_EQ(Le32(t, fadt + 40), Le64(t, fadt + 140));
+  // Name (_S5, Package (4) { 5, 0, 0, 0 })
+  const std::vector<uint8_t> s5 = {0x08, '_', 'S', '5', '_', 0x12, 0x07, 0x04, 0x0a, 0x05,
+                                   0, 0, 0};
+  EXPECT_TRUE(std::equal(s5.begin(), s5.end(), t.begin() + dsdt + 36));
+  EXPECT_EQ(Le32(t, dsdt + 4), 36u + s5.size());
+  // MADT: three enabled local APICs with ids 0..2, then the IOAPIC (id 3).
+  const size_t madt = table_at(Le64(t, xsdt + 44), "APIC");
+  EXPECT_EQ(Le32(t, madt + 36), x86::kLapicAddress);
+  size_t e = madt + 44;
+  for (int cpu = 0; cpu < 3; ++cpu, e += 8) {
+    EXPECT_EQ(t[e], 0);
+    EXPECT_EQ(t[e + 3], cpu);
+    EXPECT_EQ(Le32(t, e + 4), 1u);
+  }
+  EXPECT_EQ(t[e], 1);
+  EXPECT_EQ(t[e + 2], 3);
+  EXPECT_EQ(Le32(t, e + 4), x86::kIoapicAddress);
+  // The whole table fits below the end of the BIOS area even with the most vCPUs.
+  EXPECT_LE(x86::kAcpiTablesStart + x86::BuildAcpiTables(kBase, x86::kMaxVcpus).size(),
+            x86::kHighMemoryStart);
 }
 
 TEST(Cpuid, SetsApicIdsHypervisorBitAndTscDeadline) {

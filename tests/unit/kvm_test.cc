@@ -41,6 +41,28 @@ TEST(TinyGuest, UartOutputReachesTheConsoleAndResetEndsTheRun) {
   EXPECT_GE(vm.machine->exit_count(), 3u);  // two UART writes and the i8042 write
 }
 
+TEST(TinyGuest, AcpiS5PowersOffWithSuccess) {
+  // What Linux's acpi_power_off does: SLP_TYP=5 first, then with SLP_EN, to PM1a control.
+  const std::vector<uint8_t> code = {
+      0xBA, 0x04, 0x06,  // mov dx, 0x604
+      0xED,              // in ax, dx (SCI_EN reads 1)
+      0xA3, 0x00, 0x20,  // mov [0x2000], ax
+      0xB8, 0x00, 0x14,  // mov ax, 5 << 10
+      0xEF,              // out dx, ax
+      0xB8, 0x00, 0x34,  // mov ax, 5 << 10 | 1 << 13
+      0xEF,              // out dx, ax
+      0xF4,              // hlt: never reached
+  };
+  Vm vm = MakeVm();
+  ASSERT_TRUE(LoadRealMode(*vm.machine, code).ok());
+  ASSERT_TRUE(vm.machine->Start().ok());
+  ASSERT_TRUE(WaitStopped(*vm.machine, 20000));
+  vm.machine->Join();
+  EXPECT_EQ(vm.machine->exit_info().kind, ExitInfo::kShutdown);
+  EXPECT_THAT(vm.machine->exit_info().message, testing::HasSubstr("powered off"));
+  EXPECT_EQ(vm.machine->memory().base()[0x2000] & 1, 1);
+}
+
 TEST(TinyGuest, FatalGuestFaultIsAnErrorNamingTheExitAndRip) {
   Vm vm = MakeVm();
   // Flat 32-bit protected mode with an empty IDT: int3 -> #GP -> #DF -> triple fault.

@@ -137,7 +137,7 @@ TEST(Policy, ThrottlesAGuestThatOutrunsTheLink) {
   EXPECT_FALSE(d.stop_and_copy);
   EXPECT_EQ(d.throttle_pct, 20);
   EXPECT_EQ(DecideNextRound(cfg, h, 70'000'000, 20).throttle_pct, 40);
-  EXPECT_EQ(DecideNextRound(cfg, h, 70'000'000, 90).throttle_pct, 95);
+  EXPECT_EQ(DecideNextRound(cfg, h, 70'000'000, 90).throttle_pct, 99);
   // Converging (dirty set well below what the last round sent): no throttle.
   EXPECT_EQ(DecideNextRound(cfg, h, 10'000'000, 0).throttle_pct, 0);
   cfg.allow_throttle = false;

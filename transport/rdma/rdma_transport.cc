@@ -124,6 +124,14 @@ class RdmaTransport : public Transport {
         peer_(std::move(peer)), opts_(opts) {}
 
   ~RdmaTransport() override {
+    if (connected_ && error_.ok()) {
+      // Let the last control messages (the destination's ACK) reach the peer before the
+      // disconnect: an RC SEND completes once the peer has it. Bounded, for a silent peer.
+      const absl::Time deadline = absl::Now() + absl::Seconds(2);
+      while (sq_outstanding_ > 0 && absl::Now() < deadline &&
+             PollOnce(true, "draining the send queue").ok()) {
+      }
+    }
     closing_ = true;
     if (connected_) {
       rdma_disconnect(id_.get());
@@ -233,6 +241,9 @@ class RdmaTransport : public Transport {
   absl::StatusOr<proto::Message> Receive() override {
     absl::Time last_progress = absl::Now();
     for (;;) {
+      if (!error_.ok() && !HasCompleteMessage()) {
+        return error_;
+      }
       if (stream_.size() >= sizeof(proto::FrameHeader)) {
         proto::FrameHeader h;
         std::copy(stream_.begin(), stream_.begin() + sizeof(h), reinterpret_cast<uint8_t*>(&h));
@@ -251,7 +262,14 @@ class RdmaTransport : public Transport {
         }
       }
       const size_t before = stream_.size();
-      RETURN_IF_ERROR(PollOnce(true, "receiving a control message"));
+      if (absl::Status s = PollOnce(true, "receiving a control message"); !s.ok()) {
+        // A message that arrived before the error (the ACK before the peer's disconnect) is
+        // still delivered; the error (sticky in error_) comes with the next call.
+        if (HasCompleteMessage()) {
+          continue;
+        }
+        return s;
+      }
       if (stream_.size() != before) {
         last_progress = absl::Now();
       } else if (absl::Now() - last_progress > opts_.timeout) {
@@ -473,10 +491,12 @@ class RdmaTransport : public Transport {
       if (wc.status == IBV_WC_WR_FLUSH_ERR && closing_) {
         return absl::OkStatus();  // teardown flushes outstanding work: not a failure
       }
-      const char* what = kind == kWrData ? "RDMA WRITE" : kind == kWrRecv ? "RECV" : "SEND";
-      error_ = absl::UnavailableError(absl::StrFormat(
-          "%s to %s failed: %s (vendor error 0x%x)", what, peer_, ibv_wc_status_str(wc.status),
-          wc.vendor_err));
+      if (error_.ok()) {  // the first failure is the cause; flushed work follows it
+        const char* what = kind == kWrData ? "RDMA WRITE" : kind == kWrRecv ? "RECV" : "SEND";
+        error_ = absl::UnavailableError(
+            absl::StrFormat("%s to %s failed: %s (vendor error 0x%x)", what, peer_,
+                            ibv_wc_status_str(wc.status), wc.vendor_err));
+      }
       return error_;
     }
     switch (kind) {
@@ -499,20 +519,37 @@ class RdmaTransport : public Transport {
     return absl::OkStatus();
   }
 
+  bool HasCompleteMessage() const {
+    proto::FrameHeader h;
+    if (stream_.size() < sizeof(h)) {
+      return false;
+    }
+    std::copy(stream_.begin(), stream_.begin() + sizeof(h), reinterpret_cast<uint8_t*>(&h));
+    return proto::CheckHeader(h).ok() && stream_.size() >= sizeof(h) + h.length;
+  }
+
   // Reaps completions; with WAIT, sleeps on the completion channel (or spins with busy_poll)
-  // until at least one arrives or a CM event (disconnect) does.
+  // until at least one arrives or a CM event (disconnect) does. Completions are reaped before
+  // CM events are looked at, so what arrived before a disconnect is not lost.
   absl::Status PollOnce(bool wait, const char* doing) {
-    RETURN_IF_ERROR(CheckAlive());
     for (;;) {
       ibv_wc wcs[32];
       const int n = ibv_poll_cq(cq_.get(), 32, wcs);
       if (n < 0) {
         return absl::InternalError(absl::StrFormat("ibv_poll_cq failed while %s", doing));
       }
+      absl::Status first_error;
       for (int i = 0; i < n; ++i) {
-        RETURN_IF_ERROR(HandleWc(wcs[i]));
+        absl::Status s = HandleWc(wcs[i]);
+        if (first_error.ok() && !s.ok()) {
+          first_error = s;
+        }
       }
-      if (n > 0 || !wait) {
+      if (n > 0) {
+        return first_error;
+      }
+      RETURN_IF_ERROR(CheckAlive());
+      if (!wait) {
         return absl::OkStatus();
       }
       if (opts_.busy_poll) {

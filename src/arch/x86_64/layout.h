@@ -8,7 +8,7 @@
 //   0x0003_0000  boot page tables: PML4, PDPT, 4 PDs (identity map of 4 GiB, 2 MiB pages)
 //   0x0009_fc00  EBDA: MP floating pointer
 //   0x000a_0000  VGA hole (not RAM)
-//   0x000f_0000  MBBIOS (reserved): MP configuration table
+//   0x000f_0000  MBBIOS (reserved): MP configuration table; ACPI tables at 0xf_8000
 //   0x0010_0000  protected-mode kernel                                   <- RIP (+0x200 in 64-bit)
 //   0x0f00_0000  initramfs (or as high as fits below initrd_addr_max)
 //   0xc000_0000  MMIO hole up to 4 GiB (IOAPIC 0xfec00000, LAPIC 0xfee00000)
@@ -35,6 +35,7 @@ inline constexpr uint64_t kEbdaStart = 0x9fc00;
 inline constexpr uint64_t kVgaStart = 0xa0000;
 inline constexpr uint64_t kMbbiosStart = 0xf0000;
 inline constexpr uint64_t kMpConfigStart = kMbbiosStart;
+inline constexpr uint64_t kAcpiTablesStart = 0xf8000;  // RSDP first (the guest scans for it)
 inline constexpr uint64_t kHighMemoryStart = 0x100000;  // 1 MiB
 inline constexpr uint64_t kKernelStart = 0x100000;
 inline constexpr uint64_t kKernel64EntryOffset = 0x200;  // boot.rst: startup_64 = load + 0x200
@@ -55,6 +56,11 @@ inline constexpr uint16_t kI8042DataPort = 0x60;
 inline constexpr uint16_t kI8042CommandPort = 0x64;
 inline constexpr uint16_t kCmosIndexPort = 0x70;
 inline constexpr uint16_t kCmosDataPort = 0x71;
+// ACPI fixed-hardware PM1a event (status + enable) and control blocks, as QEMU's PIIX4 places
+// them; the SCI is ISA IRQ 9.
+inline constexpr uint16_t kAcpiPm1EventPort = 0x600;
+inline constexpr uint16_t kAcpiPm1ControlPort = 0x604;
+inline constexpr uint8_t kAcpiSciIrq = 9;
 
 inline constexpr int kMaxVcpus = 64;
 

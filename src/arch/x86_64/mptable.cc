@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "src/arch/x86_64/layout.h"
+#include "src/arch/x86_64/table_writer.h"
 
 namespace lmig::x86 {
 namespace {
@@ -20,36 +21,9 @@ constexpr uint8_t kIntTypeExtInt = 3;
 constexpr uint8_t kLapicVersion = 0x14;
 constexpr uint8_t kIoapicVersion = 0x11;
 
-class Writer {
- public:
-  void U8(uint8_t v) { b_.push_back(v); }
-  void U16(uint16_t v) { U8(v & 0xff), U8(v >> 8); }
-  void U32(uint32_t v) { U16(v & 0xffff), U16(v >> 16); }
-  void Str(const char* s, size_t n) {
-    for (size_t i = 0; i < n; ++i) {
-      U8(i < std::strlen(s) ? static_cast<uint8_t>(s[i]) : ' ');
-    }
-  }
-  std::vector<uint8_t>& bytes() { return b_; }
-
- private:
-  std::vector<uint8_t> b_;
-};
-
-void SetChecksum(std::vector<uint8_t>& b, size_t at) {
-  b[at] = 0;
-  b[at] = static_cast<uint8_t>(-MpChecksum(b));
-}
-
 }  // namespace
 
-uint8_t MpChecksum(const std::vector<uint8_t>& bytes) {
-  uint8_t s = 0;
-  for (uint8_t v : bytes) {
-    s = static_cast<uint8_t>(s + v);
-  }
-  return s;
-}
+uint8_t MpChecksum(const std::vector<uint8_t>& bytes) { return ByteSum(bytes); }
 
 absl::StatusOr<MpTables> BuildMpTables(int num_cpus) {
   if (num_cpus < 1 || num_cpus > kMaxVcpus) {
@@ -57,7 +31,7 @@ absl::StatusOr<MpTables> BuildMpTables(int num_cpus) {
         absl::StrFormat("MP table: %d CPUs, must be 1..%d", num_cpus, kMaxVcpus));
   }
   const uint8_t ioapic_id = static_cast<uint8_t>(num_cpus);
-  Writer w;
+  TableWriter w;
   // Header (44 bytes); length, count and checksum are patched below.
   w.Str("PCMP", 4);
   w.U16(0);  // base table length
@@ -123,7 +97,7 @@ absl::StatusOr<MpTables> BuildMpTables(int num_cpus) {
   table[35] = static_cast<uint8_t>(entries >> 8);
   SetChecksum(table, 7);
 
-  Writer f;
+  TableWriter f;
   f.Str("_MP_", 4);
   f.U32(static_cast<uint32_t>(kMpConfigStart));
   f.U8(1);  // length in 16-byte units

@@ -1,0 +1,257 @@
+"""Benchmarks, run inside the lab by tools/bench; every figure of one table comes from one lab run.
+
+  link      ib_write_bw on rxe0 (the link's own limit; best of 64 KiB and 256 KiB messages)
+  lmig      lmig-rdma migrating a guest whose memory is mostly non-zero, over RDMA and TCP:
+            round-1 throughput, total time, downtime, migration-thread CPU per GiB sent
+  qemu      QEMU's own live migration (rdma: and tcp:) of the same guest (same kernel, initramfs,
+            workload, memory size, downtime limit), driven over QMP
+  boot      time from start to the guest's first userspace line, lmig-rdma run vs QEMU
+
+Writes RESULTS/bench.json and RESULTS/bench.md and prints the table.
+"""
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "tests", "lab"))
+import labkit  # noqa: E402
+
+IP = labkit.LAB_IP
+GIB = 1 << 30
+
+
+def log(msg):
+    print(f"bench: {msg}", flush=True)
+
+
+def ib_write_bw(size, seconds=4):
+    """Gbit/s (decimal) of one ib_write_bw run over rxe0 with SIZE-byte messages."""
+    port = str(labkit.next_port() + 10000)
+    server = subprocess.Popen(["ib_write_bw", "-d", "rxe0", "-s", str(size), "-D", str(seconds),
+                               "-p", port, "--report_gbits"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1)
+    client = subprocess.run(["ib_write_bw", "-d", "rxe0", "-s", str(size), "-D", str(seconds),
+                             "-p", port, "--report_gbits", IP],
+                            capture_output=True, text=True, timeout=seconds + 60)
+    server.wait(30)
+    m = re.search(rf"^\s*{size}\s+\d+\s+([\d.]+)\s+([\d.]+)", client.stdout, re.M)
+    if client.returncode != 0 or not m:
+        raise RuntimeError(f"ib_write_bw -s {size} failed:\n{client.stdout}{client.stderr}")
+    return float(m.group(2))
+
+
+def workload_cmdline(fill_mib):
+    return labkit.workload(mib=fill_mib, rate=1)
+
+
+def lmig_migrate(transport, mem, fill_mib):
+    """One lmig-rdma migration; returns the source's stats JSON."""
+    port = labkit.next_port()
+    s_json = os.path.join(labkit.RESULTS, f"lmig-{transport}-src.json")
+    dst = labkit.Proc(["dst", "--listen", f"{IP}:{port}", "--transport", transport], "dst")
+    dst.wait_for("listening on", 30, stream="err")
+    src = labkit.Proc(["src"] + labkit.vm_args(mem=mem, extra_cmdline=workload_cmdline(fill_mib))
+                      + ["--peer", f"{IP}:{port}", "--transport", transport,
+                         "--migrate-on-output", "tick 2 ", "--stats-json", s_json], "src")
+    rc = src.wait(900)
+    if rc != 0:
+        dst.kill()
+        raise RuntimeError(f"lmig-rdma over {transport} failed:\n{src.stderr()[-3000:]}")
+    last = labkit.ticks(src.stdout())[-1][0]
+    dst.wait_for(rf"tick {last + 2} ", 120)
+    dst.send("reboot -f\n")
+    dst.wait(60)
+    seq = labkit.ticks(src.stdout() + dst.stdout())
+    if any(t[2] for t in seq) or "CORRUPTION" in dst.stdout():
+        raise RuntimeError(f"lmig-rdma over {transport}: the workload saw corrupted memory")
+    return labkit.load_json(s_json)
+
+
+class Qmp:
+    def __init__(self, path):
+        for _ in range(200):
+            try:
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.connect(path)
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"no QMP socket at {path}")
+        self.f = self.sock.makefile("rw")
+        self.f.readline()  # greeting
+        self.cmd("qmp_capabilities")
+
+    def cmd(self, name, **args):
+        self.f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
+        self.f.flush()
+        while True:
+            reply = json.loads(self.f.readline())
+            if "return" in reply:
+                return reply["return"]
+            if "error" in reply:
+                raise RuntimeError(f"QMP {name}: {reply['error']}")
+
+
+def qemu_args(mem, cmdline, qmp, incoming=None):
+    args = ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host", "-machine", "pc", "-m", mem,
+            "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
+            "-kernel", labkit.KERNEL, "-initrd", labkit.GUEST_INITRD, "-append", cmdline,
+            "-qmp", f"unix:{qmp},server=on,wait=off"]
+    if incoming:
+        args += ["-incoming", incoming]
+    return args
+
+
+def spawn(args, name):
+    """A labkit.Proc running another program (QEMU)."""
+    return labkit.Proc(args[1:], name, program=args[0])
+
+
+def qemu_migrate(transport, mem, fill_mib):
+    """QEMU 7.2 migrating the same guest; returns query-migrate's answer (or the error)."""
+    port = labkit.next_port()
+    cmdline = labkit.guest_cmdline(workload_cmdline(fill_mib))
+    uri = f"{transport}:{IP}:{port}"
+    dq, sq = f"/tmp/qmp-dst-{port}", f"/tmp/qmp-src-{port}"
+    dst = spawn(qemu_args(mem, cmdline, dq, incoming=uri), "qemu-dst")
+    src = spawn(qemu_args(mem, cmdline, sq), "qemu-src")
+    try:
+        src.wait_for("tick 2 ", 300)
+        Qmp(dq)
+        q = Qmp(sq)
+        # Same downtime target as lmig-rdma's default, and no bandwidth cap (QEMU's default
+        # caps migration at 128 MiB/s).
+        q.cmd("migrate-set-parameters", **{"downtime-limit": 50, "max-bandwidth": 100 * GIB})
+        q.cmd("migrate", uri=uri)
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            info = q.cmd("query-migrate")
+            if info.get("status") in ("completed", "failed", "cancelled"):
+                break
+            time.sleep(0.2)
+        else:
+            info = {"status": "timed out"}
+        if info.get("status") == "completed":
+            dst.wait_for(r"tick \d+ verified", 60)
+            seq = labkit.ticks(dst.stdout())
+            if any(t[2] for t in seq) or "CORRUPTION" in dst.stdout():
+                info["status"] = "corrupted"
+        return info
+    except (RuntimeError, AssertionError) as e:
+        return {"status": "failed", "error": str(e)[:500]}
+    finally:
+        src.kill()
+        dst.kill()
+        src.p.wait()
+        dst.p.wait()
+
+
+def boot_time(cmd, mem="512M"):
+    """Seconds from start to the guest's first userspace line."""
+    start = time.monotonic()
+    if cmd == "lmig":
+        p = labkit.Proc(["run"] + labkit.vm_args(mem=mem), "run")
+    else:
+        p = spawn(qemu_args(mem, labkit.guest_cmdline(), f"/tmp/qmp-boot-{os.getpid()}"), "qemu")
+    try:
+        p.wait_for("userspace up", 120)
+        return time.monotonic() - start
+    finally:
+        p.kill()
+        p.p.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mem", default="2G")
+    ap.add_argument("--fill-mib", type=int, default=1700)
+    ap.add_argument("--skip-qemu", action="store_true")
+    a = ap.parse_args()
+    r = {"guest_mem": a.mem, "fill_mib": a.fill_mib}
+
+    log("boot time, lmig-rdma run vs QEMU (3 runs each, best)")
+    r["boot_lmig_s"] = min(boot_time("lmig") for _ in range(3))
+    r["boot_qemu_s"] = min(boot_time("qemu") for _ in range(3))
+
+    log("link limit: ib_write_bw on rxe0")
+    r["ib_write_bw_gbps"] = {str(s): ib_write_bw(s) for s in (65536, 262144)}
+    link = max(r["ib_write_bw_gbps"].values())
+    r["link_gbps"] = link
+
+    for t in ("rdma", "tcp"):
+        log(f"lmig-rdma over {t}: {a.mem} guest, {a.fill_mib} MiB non-zero")
+        st = lmig_migrate(t, a.mem, a.fill_mib)
+        r[f"lmig_{t}"] = st
+    if not a.skip_qemu:
+        for t in ("rdma", "tcp"):
+            log(f"QEMU over {t}: same guest")
+            r[f"qemu_{t}"] = qemu_migrate(t, a.mem, a.fill_mib)
+    # The link measured again after the migrations: rxe's rate drifts under TCG.
+    r["ib_write_bw_after_gbps"] = ib_write_bw(65536)
+
+    with open(os.path.join(labkit.RESULTS, "bench.json"), "w") as f:
+        json.dump(r, f, indent=2)
+    table = render(r)
+    with open(os.path.join(labkit.RESULTS, "bench.md"), "w") as f:
+        f.write(table)
+    print(table, flush=True)
+    return 0
+
+
+def render(r):
+    lines = []
+    link = r["link_gbps"]
+    rd, tc = r["lmig_rdma"], r["lmig_tcp"]
+
+    def round1_gbps(st):
+        return st["per_round"][0]["rate_mbps"] / 1000.0
+
+    def cpu_per_gib(st):
+        return st["cpu_ms"] / (st["transferred_bytes"] / GIB)
+
+    lines.append(f"Guest: {r['guest_mem']}, {r['fill_mib']} MiB of it non-zero (workload "
+                 f"rewriting 1 MiB/s and verifying the rest).\n")
+    lines.append("| measure | lmig-rdma | reference | ratio |")
+    lines.append("|---|---|---|---|")
+    lines.append(f"| RDMA round-1 throughput vs `ib_write_bw` (link limit) | "
+                 f"{round1_gbps(rd):.3f} Gbit/s | {link:.3f} Gbit/s "
+                 f"(64K {r['ib_write_bw_gbps']['65536']:.3f}, 256K "
+                 f"{r['ib_write_bw_gbps']['262144']:.3f}; after: "
+                 f"{r['ib_write_bw_after_gbps']:.3f}) | {round1_gbps(rd) / link:.2f} |")
+    lines.append(f"| migration-thread CPU per GiB sent, RDMA vs TCP | {cpu_per_gib(rd):.0f} ms "
+                 f"| {cpu_per_gib(tc):.0f} ms (TCP) | {cpu_per_gib(rd) / cpu_per_gib(tc):.2f} |")
+    for t in ("rdma", "tcp"):
+        st = r[f"lmig_{t}"]
+        q = r.get(f"qemu_{t}")
+        qok = q is not None and q.get("status") == "completed"
+
+        def ratio(mine, theirs):
+            return f"{mine / theirs:.2f}" if qok and theirs else "-"
+        qtotal = q.get("total-time") if qok else None
+        qdown = q.get("downtime") if qok else None
+        qmbps = q.get("ram", {}).get("mbps") if qok else None
+        qdesc = (lambda v, unit: f"{v:.1f} {unit}" if v is not None else
+                 f"QEMU {q.get('status') if q else 'not run'}")
+        lines.append(f"| {t.upper()} total migration time vs QEMU | {st['total_time_ms']:.0f} ms "
+                     f"| {qdesc(qtotal, 'ms')} | {ratio(st['total_time_ms'], qtotal)} |")
+        lines.append(f"| {t.upper()} downtime vs QEMU | {st['downtime_ms']:.1f} ms "
+                     f"| {qdesc(qdown, 'ms')} | {ratio(st['downtime_ms'], qdown)} |")
+        mine_mbps = st["transferred_bytes"] * 8 / (st["total_time_ms"] * 1000)
+        lines.append(f"| {t.upper()} average throughput vs QEMU | {mine_mbps:.0f} Mbit/s "
+                     f"| {qdesc(qmbps, 'Mbit/s')} | {ratio(mine_mbps, qmbps)} |")
+    lines.append(f"| boot to first userspace line vs QEMU | {r['boot_lmig_s']:.2f} s "
+                 f"| {r['boot_qemu_s']:.2f} s | {r['boot_lmig_s'] / r['boot_qemu_s']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
