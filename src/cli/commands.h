@@ -28,6 +28,8 @@ struct TransportFlags {
   std::string stats_json;
   std::string key;  // shared migration key; both sides must agree
   int timeout_s = 30;
+  bool rdma_busy_poll = false;   // spin on the CQ instead of sleeping on its channel
+  std::string rdma_write_size = "256K";  // largest single RDMA WRITE
 };
 
 struct SourceFlags {

@@ -38,6 +38,11 @@ void AddTransportFlags(CLI::App* app, lmig::TransportFlags& t) {
   app->add_option("--key", t.key, "shared migration key (both sides must give the same)");
   app->add_option("--timeout", t.timeout_s, "give up on a silent peer after this many seconds")
       ->default_val(30);
+  app->add_flag("--rdma-busy-poll", t.rdma_busy_poll,
+                "poll the RDMA completion queue in a loop (lower latency, burns a core)");
+  app->add_option("--rdma-write-size", t.rdma_write_size,
+                  "largest single RDMA WRITE, e.g. 64K (4K..16M)")
+      ->default_val("256K");
 }
 
 void AddOutgoingFlags(CLI::App* app, lmig::SourceFlags& f, bool source) {

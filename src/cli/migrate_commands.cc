@@ -21,10 +21,21 @@ proto::TransportKind KindOf(const std::string& t) {
   return t == "tcp" ? proto::TransportKind::kTcp : proto::TransportKind::kRdma;
 }
 
-TransportOptions OptionsOf(const TransportFlags& f) {
+absl::StatusOr<TransportOptions> OptionsOf(const TransportFlags& f) {
   TransportOptions o;
   o.rdma_device = f.rdma_device;
   o.timeout = absl::Seconds(f.timeout_s);
+  o.busy_poll = f.rdma_busy_poll;
+  ASSIGN_OR_RETURN(o.max_write_bytes, ParseSize("--rdma-write-size", f.rdma_write_size));
+  if (o.max_write_bytes < 4096 || o.max_write_bytes > (16u << 20) ||
+      o.max_write_bytes % 4096 != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--rdma-write-size %s: must be a multiple of 4K from 4K to 16M", f.rdma_write_size));
+  }
+  if (f.timeout_s < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--timeout %d: must be at least 1 second", f.timeout_s));
+  }
   return o;
 }
 
@@ -59,8 +70,9 @@ class OutgoingMigration {
     opts_.verify_memory = flags_.verify_memory;
     opts_.key = flags_.transport.key;
     kind_ = KindOf(flags_.transport.transport);
-    opts_.max_run_bytes = kind_ == proto::TransportKind::kRdma ? (256 << 10) : (1 << 20);
-    topts_ = OptionsOf(flags_.transport);
+    ASSIGN_OR_RETURN(topts_, OptionsOf(flags_.transport));
+    opts_.max_run_bytes =
+        kind_ == proto::TransportKind::kRdma ? topts_.max_write_bytes : (1 << 20);
     return absl::OkStatus();
   }
 
@@ -188,18 +200,18 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
     RETURN_IF_ERROR(ParseRate("--max-bandwidth", flags.outgoing.max_bandwidth).status());
   }
   const proto::TransportKind kind = KindOf(flags.transport.transport);
-  ASSIGN_OR_RETURN(auto listener,
-                   ListenTransport(kind, where.host, where.port, OptionsOf(flags.transport)));
+  ASSIGN_OR_RETURN(TransportOptions topts, OptionsOf(flags.transport));
+  ASSIGN_OR_RETURN(auto listener, ListenTransport(kind, where.host, where.port, topts));
   std::fprintf(stderr, "lmig-rdma dst: listening on %s (%s)\n", flags.listen.c_str(),
                flags.transport.transport.c_str());
   ASSIGN_OR_RETURN(auto transport, listener->Accept());
   std::unique_ptr<VmRuntime> rt;
   std::unique_ptr<OutgoingMigration> onward;
   SourceFlags out_flags = flags.outgoing;
-  out_flags.transport.transport = flags.transport.transport;
-  out_flags.transport.key = flags.transport.key;
-  out_flags.transport.timeout_s = flags.transport.timeout_s;
-  out_flags.transport.rdma_device = flags.transport.rdma_device;
+  // Onward migration uses the same transport settings; only the stats file is its own.
+  const std::string onward_stats = out_flags.transport.stats_json;
+  out_flags.transport = flags.transport;
+  out_flags.transport.stats_json = onward_stats;
   MigrationStats stats;
   MigrationReceiver receiver(
       transport.get(), flags.transport.key,

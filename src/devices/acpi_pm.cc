@@ -25,33 +25,29 @@ uint16_t Merge(uint16_t reg, uint16_t offset, const uint8_t* data, uint32_t size
 
 }  // namespace
 
-void AcpiPm::Events::PioRead(uint16_t offset, uint8_t* data, uint32_t size) {
+void AcpiPm::Block::PioRead(uint16_t offset, uint8_t* data, uint32_t size) {
   std::lock_guard<std::mutex> lock(pm_->mu_);
-  if (offset < 2) {
+  if (control_) {
+    ReadBytes(pm_->control_reg_ | x86::kPm1SciEnable, offset, data, size);
+  } else if (offset < 2) {
     ReadBytes(pm_->status_, offset, data, size);
   } else {
     ReadBytes(pm_->enable_, offset - 2, data, size);
   }
 }
 
-void AcpiPm::Events::PioWrite(uint16_t offset, const uint8_t* data, uint32_t size) {
-  std::lock_guard<std::mutex> lock(pm_->mu_);
-  if (offset < 2) {
-    pm_->status_ &= static_cast<uint16_t>(~Merge(0, offset, data, size));
-  } else {
-    pm_->enable_ = Merge(pm_->enable_, offset - 2, data, size);
-  }
-}
-
-void AcpiPm::Control::PioRead(uint16_t offset, uint8_t* data, uint32_t size) {
-  std::lock_guard<std::mutex> lock(pm_->mu_);
-  ReadBytes(pm_->control_reg_ | x86::kPm1SciEnable, offset, data, size);
-}
-
-void AcpiPm::Control::PioWrite(uint16_t offset, const uint8_t* data, uint32_t size) {
+void AcpiPm::Block::PioWrite(uint16_t offset, const uint8_t* data, uint32_t size) {
   bool off = false;
   {
     std::lock_guard<std::mutex> lock(pm_->mu_);
+    if (!control_) {
+      if (offset < 2) {
+        pm_->status_ &= static_cast<uint16_t>(~Merge(0, offset, data, size));
+      } else {
+        pm_->enable_ = Merge(pm_->enable_, offset - 2, data, size);
+      }
+      return;
+    }
     const uint16_t v = Merge(pm_->control_reg_, offset, data, size);
     const uint16_t type = (v >> x86::kPm1SleepTypeShift) & 7;
     off = (v & x86::kPm1SleepEnable) && type == x86::kAcpiS5SleepType;

@@ -20,23 +20,16 @@ class AcpiPm {
   PioDevice* control_block() { return &control_; }
 
  private:
-  class Events : public PioDevice {
+  // One register block on the port bus; forwards to the AcpiPm's registers.
+  class Block : public PioDevice {
    public:
-    explicit Events(AcpiPm* pm) : pm_(pm) {}
+    Block(AcpiPm* pm, bool control) : pm_(pm), control_(control) {}
     void PioRead(uint16_t offset, uint8_t* data, uint32_t size) override;
     void PioWrite(uint16_t offset, const uint8_t* data, uint32_t size) override;
 
    private:
     AcpiPm* pm_;
-  };
-  class Control : public PioDevice {
-   public:
-    explicit Control(AcpiPm* pm) : pm_(pm) {}
-    void PioRead(uint16_t offset, uint8_t* data, uint32_t size) override;
-    void PioWrite(uint16_t offset, const uint8_t* data, uint32_t size) override;
-
-   private:
-    AcpiPm* pm_;
+    bool control_;
   };
 
   std::mutex mu_;
@@ -44,8 +37,8 @@ class AcpiPm {
   uint16_t enable_ = 0;   // PM1_EN
   uint16_t control_reg_ = 0;  // PM1_CNT (SCI_EN always reads 1)
   std::function<void()> power_off_;
-  Events events_{this};
-  Control control_{this};
+  Block events_{this, false};
+  Block control_{this, true};
 };
 
 }  // namespace lmig

@@ -95,6 +95,11 @@ class BadInput(unittest.TestCase):
         self.fails(["src", "--kernel", self.kernel, "--peer", "10.0.0.1:1",
                     "--max-bandwidth", "fast"], "--max-bandwidth")
 
+    def test_bad_transport_settings(self):
+        self.fails(["src", "--kernel", self.kernel, "--peer", "10.0.0.1:1",
+                    "--rdma-write-size", "5K"], "--rdma-write-size 5K")
+        self.fails(["dst", "--listen", "127.0.0.1:9", "--timeout", "0"], "--timeout 0")
+
     def test_unknown_choice(self):
         self.fails(["run", "--kernel", self.kernel, "--dirty-tracking", "magic"],
                    "--dirty-tracking", "magic")

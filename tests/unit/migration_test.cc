@@ -129,6 +129,13 @@ absl::StatusOr<Machine*> CreateVm(Vm& vm, uint64_t mem, int cpus) {
   return vm.machine.get();
 }
 
+// A 16 MiB, 1-vCPU tiny guest running kCounter.
+void StartCounterGuest(Vm& vm) {
+  ASSERT_TRUE(CreateVm(vm, 16ull << 20, 1).ok());
+  ASSERT_TRUE(LoadRealMode(*vm.machine, kCounter).ok());
+  ASSERT_TRUE(vm.machine->Start().ok());
+}
+
 // Runs the real engine: sender on machine A, receiver creating machine B.
 struct EngineRun {
   absl::Status send_status, recv_status;
@@ -152,9 +159,7 @@ EngineRun Migrate(Machine* a, Pair& p, Vm& b, SenderOptions opts, const std::str
 
 TEST(Engine, MigratesARunningTinyGuestThatContinuesWithoutLosingOutput) {
   Vm a;
-  ASSERT_TRUE(CreateVm(a, 16ull << 20, 1).ok());
-  ASSERT_TRUE(LoadRealMode(*a.machine, kCounter).ok());
-  ASSERT_TRUE(a.machine->Start().ok());
+  ASSERT_NO_FATAL_FAILURE(StartCounterGuest(a));
   std::string out_a;
   for (int i = 0; i < 2000 && out_a.size() < 4; ++i) {
     out_a += a.console->Take();
@@ -186,9 +191,7 @@ TEST(Engine, MigratesARunningTinyGuestThatContinuesWithoutLosingOutput) {
 
 TEST(Engine, WrongKeyIsRefusedAndTheSourceKeepsRunning) {
   Vm a;
-  ASSERT_TRUE(CreateVm(a, 16ull << 20, 1).ok());
-  ASSERT_TRUE(LoadRealMode(*a.machine, kCounter).ok());
-  ASSERT_TRUE(a.machine->Start().ok());
+  ASSERT_NO_FATAL_FAILURE(StartCounterGuest(a));
   Pair p = ConnectPair();
   ASSERT_TRUE(p.src && p.dst);
   Vm b;
@@ -207,9 +210,7 @@ TEST(Engine, WrongKeyIsRefusedAndTheSourceKeepsRunning) {
 
 TEST(Engine, DestinationDyingMidMigrationLeavesTheSourceRunning) {
   Vm a;
-  ASSERT_TRUE(CreateVm(a, 16ull << 20, 1).ok());
-  ASSERT_TRUE(LoadRealMode(*a.machine, kCounter).ok());
-  ASSERT_TRUE(a.machine->Start().ok());
+  ASSERT_NO_FATAL_FAILURE(StartCounterGuest(a));
   Pair p = ConnectPair();
   ASSERT_TRUE(p.src && p.dst);
   // The "destination" reads the HELLO, then vanishes.
