@@ -137,7 +137,10 @@ class LabTest(unittest.TestCase):
     def tearDown(self):
         for p in self.procs:
             p.kill()
-            p.p.wait()
+            try:
+                p.p.wait(30)
+            except subprocess.TimeoutExpired:
+                print(f"  {p.name} (pid {p.p.pid}) survived SIGKILL for 30 s", flush=True)
             for f in (p.p.stdin, p.p.stdout, p.p.stderr):
                 try:
                     f.close()

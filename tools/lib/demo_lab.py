@@ -49,9 +49,16 @@ def main():
                          "--migrate-on-output", "tick 5 ", "--stats-json", stats], "src")
     pumps = [echo(src, "[src console]", "out"), echo(src, "[src vmm]    ", "err"),
              echo(dst, "[dst console]", "out"), echo(dst, "[dst vmm]    ", "err")]
-    rc = src.wait(300)
+    outcome = src.wait_for(r"migration (completed|failed)", 300, stream="err").group(1)
+    if outcome != "completed":
+        time.sleep(1)
+        print("demo: the migration failed (the guest kept running on the source)", flush=True)
+        src.kill()
+        dst.kill()
+        return 1
+    rc = src.wait(60)
     if rc != 0:
-        print(f"demo: the source exited {rc}: migration failed", flush=True)
+        print(f"demo: the source exited {rc}", flush=True)
         dst.kill()
         return 1
     last = labkit.ticks(src.stdout())[-1][0]
