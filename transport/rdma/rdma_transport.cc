@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <chrono>
 #include <deque>
+#include <thread>
 
 #include "absl/strings/str_format.h"
 #include "include/lmig/status.h"
@@ -519,6 +521,24 @@ class RdmaTransport : public Transport {
     return absl::OkStatus();
   }
 
+  // The peer disconnected (CAUSE): what it sent just before may still be on its way into the
+  // CQ, as CM events and completions travel different paths (rxe in particular). Reaps for a
+  // short while; returns OK if something arrived, else CAUSE.
+  absl::Status DrainAfterDisconnect(const absl::Status& cause) {
+    for (int i = 0; i < 100; ++i) {
+      ibv_wc wcs[32];
+      const int n = ibv_poll_cq(cq_.get(), 32, wcs);
+      for (int k = 0; k < n; ++k) {
+        (void)HandleWc(wcs[k]);
+      }
+      if (n > 0) {
+        return absl::OkStatus();
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return cause;
+  }
+
   bool HasCompleteMessage() const {
     proto::FrameHeader h;
     if (stream_.size() < sizeof(h)) {
@@ -548,7 +568,9 @@ class RdmaTransport : public Transport {
       if (n > 0) {
         return first_error;
       }
-      RETURN_IF_ERROR(CheckAlive());
+      if (absl::Status alive = CheckAlive(); !alive.ok()) {
+        return DrainAfterDisconnect(alive);
+      }
       if (!wait) {
         return absl::OkStatus();
       }
@@ -582,7 +604,7 @@ class RdmaTransport : public Transport {
           reactor_->RunUntil([&] { return cq_ready_ || cm_ready_ || tick_fired_; }));
       if (cm_ready_) {
         cm_ready_ = false;
-        RETURN_IF_ERROR(CheckAlive());
+        continue;  // reap the CQ first: completions that came before a disconnect count
       }
       if (cq_ready_) {
         cq_ready_ = false;
