@@ -3,7 +3,7 @@
 fraction of runs under lmig-rdma, while the same guest under QEMU in the same lab does not.
 Seen with and without migration. Run inside the lab:
 
-  tools/lab run --timeout 900 -- python3 tests/lab/repro/uart_storm.py lmig 8
+  tools/lab run --timeout 900 -- python3 tests/lab/repro/uart_storm.py lmig 8 [lmig-rdma flags]
   tools/lab run --timeout 900 -- python3 tests/lab/repro/uart_storm.py qemu 8
 
 Measured 2026-11-25: lmig 3 of 8 runs died (KVM_EXIT_SHUTDOWN) within 25 s; qemu 0 of 8.
@@ -28,8 +28,8 @@ def main():
                     "-append", labkit.guest_cmdline(labkit.workload(mib=16))]
             p = labkit.Proc(args, "qemu", program="qemu-system-x86_64")
         else:
-            p = labkit.Proc(["run"] + labkit.vm_args(extra_cmdline=labkit.workload(mib=16)),
-                            "run")
+            p = labkit.Proc(["run"] + labkit.vm_args(extra_cmdline=labkit.workload(mib=16)) +
+                            sys.argv[3:], "run")
         p.wait_for("shell ready", 90)
         p.send('i=0; while true; do echo "storm $i "; i=$((i+1)); done &\n')
         start = time.time()
