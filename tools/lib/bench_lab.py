@@ -61,8 +61,10 @@ def lmig_migrate(transport, mem, fill_mib):
     src = labkit.Proc(["src"] + labkit.vm_args(mem=mem, extra_cmdline=workload_cmdline(fill_mib))
                       + ["--peer", f"{IP}:{port}", "--transport", transport,
                          "--migrate-on-output", "tick 2 ", "--stats-json", s_json], "src")
-    rc = src.wait(900)
+    outcome = src.wait_for(r"migration (completed|failed)", 900, stream="err").group(1)
+    rc = src.wait(60) if outcome == "completed" else None
     if rc != 0:
+        src.kill()
         dst.kill()
         raise RuntimeError(f"lmig-rdma over {transport} failed:\n{src.stderr()[-3000:]}")
     last = labkit.ticks(src.stdout())[-1][0]
