@@ -172,7 +172,7 @@ absl::Status MigrationSender::StopAndCopy(PageBitmap& dirty, MigrationStats& sta
 
 absl::Status MigrationSender::Run(MigrationStats& stats) {
   const absl::Time start = absl::Now();
-  const double cpu_start = ThreadCpuMs();
+  const CpuTime cpu_start = ThreadCpu();
   stats.role = "source";
   stats.transport = t_->kind() == proto::TransportKind::kRdma ? "rdma" : "tcp";
   stats.dirty_tracking = m_->config().dirty_mode == DirtyMode::kRing ? "ring" : "bitmap";
@@ -219,7 +219,9 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
   stats.transferred_bytes = ts.data_bytes + ts.control_bytes;
   stats.zero_copy = ts.zero_copy;
   stats.registration_ms = ts.registration_ms;
-  stats.src_cpu_ms = ThreadCpuMs() - cpu_start;
+  const CpuTime cpu_end = ThreadCpu();
+  stats.src_cpu_ms = cpu_end.total() - cpu_start.total();
+  stats.src_cpu_user_ms = cpu_end.user_ms - cpu_start.user_ms;
   if (result.ok()) {
     stats.status = "completed";
     return absl::OkStatus();

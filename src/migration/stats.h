@@ -38,6 +38,7 @@ struct MigrationStats {
   bool zero_copy = false;
   uint64_t state_bytes = 0;
   double src_cpu_ms = 0;  // CPU time of the migration thread (user + system; vCPUs excluded)
+  double src_cpu_user_ms = 0;  // of which in user space
   std::vector<RoundStats> per_round;
 
   std::string ToJson() const;
@@ -47,7 +48,12 @@ struct MigrationStats {
 absl::Status WriteStatsJson(const MigrationStats& s, const std::string& path);
 
 // CPU time (user + system) of this process so far, in milliseconds.
-// CPU time (user + system) the calling thread has used so far.
-double ThreadCpuMs();
+// CPU time the calling thread has used so far.
+struct CpuTime {
+  double user_ms = 0;
+  double system_ms = 0;
+  double total() const { return user_ms + system_ms; }
+};
+CpuTime ThreadCpu();
 
 }  // namespace lmig

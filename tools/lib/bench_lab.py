@@ -220,6 +220,9 @@ def render(r):
     def cpu_per_gib(st):
         return st["cpu_ms"] / (st["transferred_bytes"] / GIB)
 
+    def user_per_gib(st):
+        return st["cpu_user_ms"] / (st["transferred_bytes"] / GIB)
+
     lines.append(f"Guest: {r['guest_mem']}, {r['fill_mib']} MiB of it non-zero (workload "
                  f"rewriting 1 MiB/s and verifying the rest).\n")
     lines.append("| measure | lmig-rdma | reference | ratio |")
@@ -231,6 +234,9 @@ def render(r):
                  f"{r['ib_write_bw_after_gbps']:.3f}) | {round1_gbps(rd) / link:.2f} |")
     lines.append(f"| migration-thread CPU per GiB sent, RDMA vs TCP | {cpu_per_gib(rd):.0f} ms "
                  f"| {cpu_per_gib(tc):.0f} ms (TCP) | {cpu_per_gib(rd) / cpu_per_gib(tc):.2f} |")
+    lines.append(f"| of which user space (the VMM's own work), RDMA vs TCP | "
+                 f"{user_per_gib(rd):.0f} ms | {user_per_gib(tc):.0f} ms (TCP) | "
+                 f"{user_per_gib(rd) / max(user_per_gib(tc), 1e-9):.2f} |")
     for t in ("rdma", "tcp"):
         st = r[f"lmig_{t}"]
         q = r.get(f"qemu_{t}")
