@@ -50,6 +50,10 @@ class Mapping {
   // Maps LEN bytes of FD at OFFSET (fd -1: anonymous). Errors name the length and fd.
   static absl::StatusOr<Mapping> Create(size_t len, int prot, int flags, int fd = -1,
                                         off_t offset = 0);
+  // Anonymous memory starting at a multiple of ALIGN (a power of two), so that transparent
+  // huge pages can back it and KVM can map it with large pages, as QEMU aligns guest RAM.
+  static absl::StatusOr<Mapping> CreateAnonymousAligned(size_t len, size_t align, int prot,
+                                                        int flags);
   Mapping(Mapping&& o) noexcept
       : addr_(std::exchange(o.addr_, nullptr)), len_(std::exchange(o.len_, 0)) {}
   Mapping& operator=(Mapping&& o) noexcept {

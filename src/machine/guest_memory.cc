@@ -14,8 +14,10 @@ absl::StatusOr<GuestMemory> GuestMemory::Create(uint64_t size) {
     return absl::InvalidArgumentError(
         absl::StrFormat("guest memory size %d is not a positive multiple of 4 KiB", size));
   }
-  ASSIGN_OR_RETURN(Mapping m, Mapping::Create(size, PROT_READ | PROT_WRITE,
-                                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE));
+  constexpr size_t kHugePage = 2 << 20;
+  ASSIGN_OR_RETURN(Mapping m, Mapping::CreateAnonymousAligned(size, kHugePage,
+                                                              PROT_READ | PROT_WRITE,
+                                                              MAP_PRIVATE | MAP_NORESERVE));
   ::madvise(m.data(), size, MADV_HUGEPAGE);
   const x86::RamLayout layout = x86::RamLayoutFor(size);
   std::vector<MemorySlot> slots = {{0, 0, layout.low_size, 0}};
