@@ -6,7 +6,8 @@ Seen with and without migration. Run inside the lab:
   tools/lab run --timeout 900 -- python3 tests/lab/repro/uart_storm.py lmig 8 [lmig-rdma flags]
   tools/lab run --timeout 900 -- python3 tests/lab/repro/uart_storm.py qemu 8
 
-Measured 2026-11-25: lmig 3 of 8 runs died (KVM_EXIT_SHUTDOWN) within 25 s; qemu 0 of 8.
+Measured 2026-11-25: lmig 3 of 8 runs died (KVM_EXIT_SHUTDOWN) within 25 s (again 2 of 8 with
+2 MiB-aligned guest memory, and one stalled while booting); qemu 0 of 8.
 """
 
 import os
