@@ -13,6 +13,7 @@
 namespace lmig {
 namespace {
 constexpr uint8_t kCtrlA = 0x01;
+constexpr absl::Duration kConsoleBatch = absl::Milliseconds(2);
 }  // namespace
 
 absl::StatusOr<UniqueFd> BlockStopSignals() {
@@ -92,10 +93,19 @@ void Session::ArmPost() {
 void Session::ArmConsole() {
   reactor_->Read(console_->event_fd(), &console_event_, sizeof(console_event_),
                  [this](int res, uint32_t) {
-                   FlushOutput();
-                   if (res >= 0 && !stopped_) {
-                     ArmConsole();
+                   if (res < 0 || stopped_) {
+                     FlushOutput();
+                     return;
                    }
+                   // Let output gather for a moment: the vCPU signals only when the buffer
+                   // was empty, so this bounds wakeups (and the IPIs they cost the vCPU's
+                   // CPU) to one per kConsoleBatch instead of one per character.
+                   reactor_->Timeout(kConsoleBatch, [this](int, uint32_t) {
+                     FlushOutput();
+                     if (!stopped_) {
+                       ArmConsole();
+                     }
+                   });
                  });
 }
 

@@ -4,6 +4,7 @@ the project's workload, which verifies its memory all the time: errors=0 and an 
 sequence across hosts prove no write was lost."""
 
 import os
+import re
 import signal
 import time
 
@@ -76,6 +77,28 @@ class Migrate(LabTest):
         st = self.migrate_once(wl=labkit.workload(mib=32, rate=48),
                                extra_src=("--max-bandwidth", "8M", "--max-rounds", "20"))
         self.assertGreater(st["max_throttle_pct"], 0)
+
+    def test_console_interrupt_storm_during_migration(self):
+        """The guest floods its serial console (a port exit and an interrupt per character)
+        while its timers tick; mid-storm it migrates, and on the destination the storm's line
+        numbers and the ticks carry on from exactly where they stopped."""
+        port = labkit.next_port()
+        d = self.dst(port)
+        s = self.src(port, labkit.vm_args(extra_cmdline=labkit.workload(mib=16)),
+                     "--migrate-on-output", "storm 500 ")
+        s.wait_for("shell ready", 90)
+        s.send("i=0; while true; do echo \"storm $i \"; i=$((i+1)); done &\n")
+        self.assertEqual(s.wait(240), 0, s.stderr()[-3000:] + "\n--- dst stderr:\n" +
+                         d.stderr()[-2000:])
+        storm = re.compile(r"storm (\d+) ")
+        last = int(storm.findall(s.stdout())[-1])
+        d.wait_for(rf"storm {last + 500} ", 120)
+        d.send("kill %1; reboot -f\n")
+        self.assertEqual(d.wait(60), 0, d.stderr()[-2000:])
+        nums = [int(n) for n in storm.findall(s.stdout() + d.stdout())]
+        self.assertEqual(nums, list(range(nums[0], nums[0] + len(nums))),
+                         "console lines lost or repeated across the migration")
+        self.assert_ticks_continue(s.stdout(), d.stdout())
 
     def test_ping_pong_three_migrations(self):
         p1, p2, p3 = labkit.next_port(), labkit.next_port(), labkit.next_port()
