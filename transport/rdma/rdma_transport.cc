@@ -526,17 +526,27 @@ class RdmaTransport : public Transport {
   // short while; returns OK if something arrived, else CAUSE.
   absl::Status DrainAfterDisconnect(const absl::Status& cause) {
     for (int i = 0; i < 100; ++i) {
-      ibv_wc wcs[32];
-      const int n = ibv_poll_cq(cq_.get(), 32, wcs);
-      for (int k = 0; k < n; ++k) {
-        (void)HandleWc(wcs[k]);
-      }
-      if (n > 0) {
+      absl::Status ignored;  // errors after a disconnect are flushed work; CAUSE says why
+      if (ReapCq(ignored) > 0) {
         return absl::OkStatus();
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     return cause;
+  }
+
+  // Polls the CQ once and handles what it holds; returns how many completions (negative if
+  // polling failed) and puts the first failure among them in FIRST_ERROR.
+  int ReapCq(absl::Status& first_error) {
+    ibv_wc wcs[32];
+    const int n = ibv_poll_cq(cq_.get(), 32, wcs);
+    for (int i = 0; i < n; ++i) {
+      absl::Status s = HandleWc(wcs[i]);
+      if (first_error.ok() && !s.ok()) {
+        first_error = s;
+      }
+    }
+    return n;
   }
 
   bool HasCompleteMessage() const {
@@ -553,17 +563,10 @@ class RdmaTransport : public Transport {
   // CM events are looked at, so what arrived before a disconnect is not lost.
   absl::Status PollOnce(bool wait, const char* doing) {
     for (;;) {
-      ibv_wc wcs[32];
-      const int n = ibv_poll_cq(cq_.get(), 32, wcs);
+      absl::Status first_error;
+      const int n = ReapCq(first_error);
       if (n < 0) {
         return absl::InternalError(absl::StrFormat("ibv_poll_cq failed while %s", doing));
-      }
-      absl::Status first_error;
-      for (int i = 0; i < n; ++i) {
-        absl::Status s = HandleWc(wcs[i]);
-        if (first_error.ok() && !s.ok()) {
-          first_error = s;
-        }
       }
       if (n > 0) {
         return first_error;
