@@ -22,6 +22,7 @@ absl::StatusOr<UniqueFd> BlockStopSignals() {
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGQUIT);
   sigset_t block = set;
   sigaddset(&block, SIGPIPE);
   if (pthread_sigmask(SIG_BLOCK, &block, nullptr) != 0) {
@@ -186,7 +187,9 @@ void Session::HandleInput(const uint8_t* data, size_t n) {
 
 void Session::ArmSignals() {
   reactor_->Read(signal_fd_, &siginfo_, sizeof(siginfo_), [this](int res, uint32_t) {
-    if (res == sizeof(siginfo_)) {
+    if (res == sizeof(siginfo_) && siginfo_.ssi_signo == SIGQUIT) {
+      DumpState();
+    } else if (res == sizeof(siginfo_)) {
       machine_->RequestStop({ExitInfo::kStopped,
                              absl::StrFormat("stopped by %s", strsignal(siginfo_.ssi_signo))});
       return;
@@ -195,6 +198,17 @@ void Session::ArmSignals() {
       ArmSignals();
     }
   });
+}
+
+void Session::DumpState() {
+  absl::StatusOr<std::string> machine = machine_->Describe();
+  const std::string text = absl::StrFormat(
+      "lmig-rdma: state on SIGQUIT (the guest keeps running)\n%s"
+      "console: stdin %s, %d bytes waiting for the UART, %d bytes of output pending\n",
+      machine.ok() ? *machine : machine.status().ToString() + "\n",
+      stdin_open_ ? "open" : "at end", stdin_backlog_.size(),
+      pending_out_.size() + writing_.size());
+  (void)!::write(STDERR_FILENO, text.data(), text.size());
 }
 
 void Session::ArmStop() {

@@ -22,8 +22,10 @@
 
 namespace lmig {
 
-// Blocks SIGINT/SIGTERM/SIGHUP/SIGPIPE in the calling thread (call first in main, before any
-// thread starts, so every thread inherits the mask) and returns a signalfd for the first three.
+// Blocks SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGPIPE in the calling thread (call first in main,
+// before any thread starts, so every thread inherits the mask) and returns a signalfd for all
+// but SIGPIPE. SIGQUIT does not stop the VM: it prints the machine's state (Machine::Describe)
+// to stderr, for looking into a guest that seems stuck.
 absl::StatusOr<UniqueFd> BlockStopSignals();
 
 class Session {
@@ -51,6 +53,7 @@ class Session {
   void FlushOutput();
   void WriteMore();
   void HandleInput(const uint8_t* data, size_t n);
+  void DumpState();
 
   Reactor* reactor_;
   ConsoleBuffer* console_;

@@ -238,6 +238,13 @@ void Uart::Restore(const UartState& s) {
   UpdateIrq();
 }
 
+std::string Uart::Describe() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return absl::StrFormat("uart: ier=%02x iir=%02x lsr=%02x mcr=%02x thr_pending=%d rx=%d irq=%d",
+                         s_.ier, s_.iir, s_.lsr, s_.mcr, s_.thr_ipending, rx_.size(),
+                         irq_level_ ? 1 : 0);
+}
+
 void I8042::PioRead(uint16_t offset, uint8_t* data, uint32_t size) {
   (void)offset;
   std::memset(data, 0, size);

@@ -10,6 +10,7 @@
 #include <functional>
 #include <mutex>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -53,6 +54,8 @@ class Uart : public PioDevice {
 
   UartState Save() const;
   void Restore(const UartState& s);
+  // "ier=.. iir=.. lsr=.. mcr=.. rx=N irq=0|1": the registers a stuck console is judged by.
+  std::string Describe() const;
 
  private:
   uint8_t ReadReg(uint16_t offset);

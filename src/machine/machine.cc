@@ -9,6 +9,8 @@
 #include <cstring>
 #include <fstream>
 
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "include/lmig/status.h"
 #include "src/arch/x86_64/boot.h"
@@ -321,7 +323,7 @@ void Machine::VcpuLoop(int index) {
       if (stop_) {
         break;
       }
-      if (pause_requested_) {
+      if (pause_depth_ > 0) {
         // api.rst (KVM_RUN, immediate_exit): a port I/O or MMIO exit is complete only after
         // the next KVM_RUN; run once with immediate_exit so the saved state is consistent
         // (otherwise an IN's result never reaches RAX on the destination).
@@ -330,7 +332,7 @@ void Machine::VcpuLoop(int index) {
         vcpu.run()->immediate_exit = 0;
         ++parked_;
         cv_.notify_all();
-        cv_.wait(lock, [&] { return !pause_requested_ || stop_; });
+        cv_.wait(lock, [&] { return pause_depth_ == 0 || stop_; });
         --parked_;
         continue;
       }
@@ -489,7 +491,7 @@ void Machine::ThrottleLoop() {
 
 void Machine::Pause() {
   std::unique_lock<std::mutex> lock(mu_);
-  pause_requested_ = true;
+  ++pause_depth_;
   for (size_t i = 0; i < threads_.size(); ++i) {
     vcpus_[i]->run()->immediate_exit = 1;
     pthread_kill(threads_[i].native_handle(), kKickSignal);
@@ -499,8 +501,71 @@ void Machine::Pause() {
 
 void Machine::Resume() {
   std::lock_guard<std::mutex> lock(mu_);
-  pause_requested_ = false;
-  cv_.notify_all();
+  if (pause_depth_ > 0 && --pause_depth_ == 0) {
+    cv_.notify_all();
+  }
+}
+
+namespace {
+
+// The highest vector set in the LAPIC's 256-bit register at OFFSET (ISR 0x100, IRR 0x200), or
+// -1: eight 32-bit words, 16 bytes apart.
+int HighestLapicVector(const kvm_lapic_state& lapic, size_t offset) {
+  for (int word = 7; word >= 0; --word) {
+    uint32_t bits;
+    std::memcpy(&bits, &lapic.regs[offset + 16 * word], sizeof(bits));
+    if (bits != 0) {
+      return word * 32 + 31 - __builtin_clz(bits);
+    }
+  }
+  return -1;
+}
+
+const char* MpStateName(uint32_t s) {
+  switch (s) {
+    case KVM_MP_STATE_RUNNABLE: return "runnable";
+    case KVM_MP_STATE_UNINITIALIZED: return "uninitialized";
+    case KVM_MP_STATE_INIT_RECEIVED: return "init-received";
+    case KVM_MP_STATE_HALTED: return "halted";
+    case KVM_MP_STATE_SIPI_RECEIVED: return "sipi-received";
+    default: return "other";
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> Machine::Describe() {
+  Pause();
+  absl::Cleanup resume = [this] { Resume(); };
+  std::string out = absl::StrFormat("exits=%d throttle=%d%%\n", exit_count(), throttle());
+  for (auto& vp : vcpus_) {
+    VcpuFd& v = *vp;
+    ASSIGN_OR_RETURN(kvm_regs regs, v.GetRegs());
+    ASSIGN_OR_RETURN(kvm_mp_state mp, v.GetMpState());
+    ASSIGN_OR_RETURN(kvm_vcpu_events ev, v.GetVcpuEvents());
+    ASSIGN_OR_RETURN(kvm_lapic_state lapic, v.GetLapic());
+    uint32_t tpr;
+    std::memcpy(&tpr, &lapic.regs[0x80], sizeof(tpr));
+    absl::StrAppendFormat(
+        &out,
+        "vcpu%d: rip=0x%x rsp=0x%x IF=%d %s irq_injected=%d(vec %d) irq_shadow=%d "
+        "nmi_pending=%d exc_injected=%d tpr=0x%x isr=%d irr=%d\n",
+        v.id(), regs.rip, regs.rsp, (regs.rflags >> 9) & 1, MpStateName(mp.mp_state),
+        ev.interrupt.injected, ev.interrupt.nr, ev.interrupt.shadow, ev.nmi.pending,
+        ev.exception.injected, tpr, HighestLapicVector(lapic, 0x100),
+        HighestLapicVector(lapic, 0x200));
+  }
+  ASSIGN_OR_RETURN(kvm_irqchip ioapic, vm_.GetIrqchip(KVM_IRQCHIP_IOAPIC));
+  const auto& pin = ioapic.chip.ioapic.redirtbl[x86::kCom1Irq].fields;
+  ASSIGN_OR_RETURN(kvm_irqchip pic, vm_.GetIrqchip(KVM_IRQCHIP_PIC_MASTER));
+  absl::StrAppendFormat(&out,
+                        "ioapic pin%d: vec=%d mask=%d trig=%s remote_irr=%d irr=%d; pic: "
+                        "irr=%02x imr=%02x isr=%02x\n",
+                        x86::kCom1Irq, pin.vector, pin.mask, pin.trig_mode ? "level" : "edge",
+                        pin.remote_irr, (ioapic.chip.ioapic.irr >> x86::kCom1Irq) & 1,
+                        pic.chip.pic.irr, pic.chip.pic.imr, pic.chip.pic.isr);
+  absl::StrAppend(&out, uart_->Describe(), "\n");
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -102,9 +102,15 @@ class Machine {
 
   // Starts the vCPU threads.
   absl::Status Start();
-  // Parks every vCPU outside KVM_RUN; returns once all are parked.
+  // Parks every vCPU outside KVM_RUN; returns once all are parked. Pauses nest: the vCPUs
+  // run again after as many Resume calls as Pause calls (the migration's stop-and-copy and a
+  // state dump may overlap).
   void Pause();
   void Resume();
+  // One line per vCPU (RIP, RFLAGS.IF, MP state, pending events, LAPIC ISR/IRR) plus the
+  // IOAPIC/PIC view of the console IRQ and the UART's registers: what a stuck guest is doing.
+  // Pauses the vCPUs for the moment it takes.
+  absl::StatusOr<std::string> Describe();
   // Throttles the vCPUs to run (100 - PCT)% of the time (0 lifts it): a throttle thread kicks
   // them every 10 ms and each sleeps its share before re-entering the guest.
   void SetThrottle(int pct);
@@ -160,7 +166,7 @@ class Machine {
   // vCPU run control.
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  bool pause_requested_ = false;
+  int pause_depth_ = 0;
   int parked_ = 0;
   int running_threads_ = 0;
   std::atomic<bool> stop_{false};

@@ -38,6 +38,7 @@ class Proc:
         self.out = bytearray()
         self.err = bytearray()
         self.cv = threading.Condition()
+        self.closed = 0  # streams read to their end
         for stream, buf in ((self.p.stdout, self.out), (self.p.stderr, self.err)):
             threading.Thread(target=self._pump, args=(stream, buf), daemon=True).start()
 
@@ -45,6 +46,9 @@ class Proc:
         while True:
             data = stream.read1(65536)
             if not data:
+                with self.cv:
+                    self.closed += 1
+                    self.cv.notify_all()
                 break
             with self.cv:
                 buf.extend(data)
@@ -69,15 +73,28 @@ class Proc:
                 if m:
                     return m
                 left = deadline - time.monotonic()
-                if left <= 0 or (self.p.poll() is not None and not self._more_coming()):
-                    raise AssertionError(
-                        f"{self.name}: no /{pattern}/ within {timeout}s (exit {self.p.poll()})\n"
-                        f"--- stdout tail:\n{self.out.decode(errors='replace')[-1500:]}\n"
-                        f"--- stderr tail:\n{self.err.decode(errors='replace')[-2500:]}")
+                if left <= 0 or (self.p.poll() is not None and self.closed == 2):
+                    break
                 self.cv.wait(min(left, 0.5))
+        self.dump_state()
+        raise AssertionError(
+            f"{self.name}: no /{pattern}/ within {timeout}s (exit {self.p.poll()})\n"
+            f"--- stdout tail:\n{self.stdout()[-1500:]}\n"
+            f"--- stderr tail:\n{self.stderr()[-2500:]}")
 
-    def _more_coming(self):
-        return False
+    def dump_state(self):
+        """Asks a still-running lmig-rdma for its machine state (SIGQUIT: vCPUs, interrupt
+        pins, UART) so that a timeout's report says what the guest was doing."""
+        if self.p.poll() is not None or self.args[0] != LMIG:
+            return
+        self.p.send_signal(signal.SIGQUIT)
+        deadline = time.monotonic() + 3
+        with self.cv:
+            while b"state on SIGQUIT" not in self.err and time.monotonic() < deadline:
+                self.cv.wait(0.2)
+            # The dump is written at once; wait for its last line.
+            while b"bytes of output pending" not in self.err and time.monotonic() < deadline:
+                self.cv.wait(0.2)
 
     def send(self, text):
         self.p.stdin.write(text.encode())
@@ -90,11 +107,13 @@ class Proc:
         try:
             rc = self.p.wait(timeout)
         except subprocess.TimeoutExpired:
+            self.dump_state()
             self.p.kill()
             raise AssertionError(f"{self.name}: still running after {timeout}s\n"
                                  f"--- stdout tail:\n{self.stdout()[-1500:]}\n"
                                  f"--- stderr tail:\n{self.stderr()[-2500:]}")
-        time.sleep(0.2)  # let the pump threads drain
+        with self.cv:  # the pump threads read what is left in the pipes
+            self.cv.wait_for(lambda: self.closed == 2, 5)
         return rc
 
     def kill(self, sig=signal.SIGKILL):

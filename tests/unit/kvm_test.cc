@@ -2,6 +2,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <regex>
 #include <thread>
 
 #include "src/arch/x86_64/cpu.h"
@@ -181,6 +182,36 @@ TEST(TinyGuest, StateSavedMidRunContinuesInASecondVm) {
   EXPECT_EQ(b.machine->exit_info().kind, ExitInfo::kReset);
   // Nothing lost, nothing repeated.
   EXPECT_EQ(out_a + b.console->Take(), CounterOutput());
+}
+
+TEST(TinyGuest, DescribeShowsWhereTheGuestIsAndPausesNest) {
+  Vm a = MakeVm();
+  ASSERT_TRUE(LoadRealMode(*a.machine, kCounter).ok());
+  ASSERT_TRUE(a.machine->Start().ok());
+  std::string out;
+  for (int i = 0; i < 2000 && out.size() < 3; ++i) {
+    out += a.console->Take();
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  a.machine->Pause();  // e.g. a migration's stop-and-copy, with a state dump inside it
+  auto text = a.machine->Describe();
+  ASSERT_TRUE(text.ok()) << text.status();
+  // The counter loop spans kCodeAddr .. kCodeAddr + 29; the UART's THR interrupt is enabled
+  // by nobody, so its line is low.
+  const std::regex rip(R"(vcpu0: rip=0x(10[01][0-9a-f]) .* (runnable|halted) )");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(*text, m, rip)) << *text;
+  EXPECT_LT(std::stoul(m[1], nullptr, 16), kCodeAddr + 29);
+  EXPECT_THAT(*text, testing::HasSubstr("ioapic pin4: "));
+  EXPECT_THAT(*text, testing::HasSubstr(" irq=0"));
+  // Describe's own pause ended, the outer one holds: no output while it does.
+  out += a.console->Take();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(a.console->Take(), "");
+  a.machine->Resume();
+  ASSERT_TRUE(WaitStopped(*a.machine, 30000));
+  a.machine->Join();
+  EXPECT_EQ(out + a.console->Take(), CounterOutput());
 }
 
 TEST(Machine, RejectsBadConfigurations) {
