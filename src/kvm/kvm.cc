@@ -285,6 +285,16 @@ LMIG_VCPU_SET(kvm_debugregs, DebugRegs, KVM_SET_DEBUGREGS)
 #undef LMIG_VCPU_GET
 #undef LMIG_VCPU_SET
 
+absl::StatusOr<uint64_t> VcpuFd::Translate(uint64_t linear) {
+  kvm_translation t{};
+  t.linear_address = linear;
+  RETURN_IF_ERROR(Ioctl(fd_.get(), KVM_TRANSLATE, "KVM_TRANSLATE", &t, "vcpu=%d", id_));
+  if (!t.valid) {
+    return absl::NotFoundError(absl::StrFormat("vcpu=%d: 0x%x is not mapped", id_, linear));
+  }
+  return t.physical_address;
+}
+
 absl::Status VcpuFd::SetCpuid(const std::vector<kvm_cpuid_entry2>& entries) {
   FlexBuf<kvm_cpuid_entry2> buf(8, entries.size());
   buf.count() = static_cast<uint32_t>(entries.size());

@@ -113,6 +113,9 @@ class VcpuFd {
   absl::Status SetMpState(const kvm_mp_state& m);
   absl::StatusOr<kvm_debugregs> GetDebugRegs();
   absl::Status SetDebugRegs(const kvm_debugregs& d);
+  // KVM_TRANSLATE: the guest-physical address of LINEAR under the vCPU's current paging;
+  // NotFound if it is not mapped.
+  absl::StatusOr<uint64_t> Translate(uint64_t linear);
 
  private:
   friend class VmFd;

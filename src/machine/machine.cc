@@ -544,16 +544,33 @@ absl::StatusOr<std::string> Machine::Describe() {
     ASSIGN_OR_RETURN(kvm_mp_state mp, v.GetMpState());
     ASSIGN_OR_RETURN(kvm_vcpu_events ev, v.GetVcpuEvents());
     ASSIGN_OR_RETURN(kvm_lapic_state lapic, v.GetLapic());
+    ASSIGN_OR_RETURN(kvm_sregs sregs, v.GetSregs());
     uint32_t tpr;
     std::memcpy(&tpr, &lapic.regs[0x80], sizeof(tpr));
     absl::StrAppendFormat(
         &out,
         "vcpu%d: rip=0x%x rsp=0x%x IF=%d %s irq_injected=%d(vec %d) irq_shadow=%d "
-        "nmi_pending=%d exc_injected=%d tpr=0x%x isr=%d irr=%d\n",
+        "nmi_pending=%d exc_injected=%d(vec %d err 0x%x) tpr=0x%x isr=%d irr=%d cr0=0x%x "
+        "cr2=0x%x cr3=0x%x cr4=0x%x efer=0x%x\n",
         v.id(), regs.rip, regs.rsp, (regs.rflags >> 9) & 1, MpStateName(mp.mp_state),
         ev.interrupt.injected, ev.interrupt.nr, ev.interrupt.shadow, ev.nmi.pending,
-        ev.exception.injected, tpr, HighestLapicVector(lapic, 0x100),
-        HighestLapicVector(lapic, 0x200));
+        ev.exception.injected, ev.exception.nr, ev.exception.error_code, tpr,
+        HighestLapicVector(lapic, 0x100), HighestLapicVector(lapic, 0x200), sregs.cr0,
+        sregs.cr2, sregs.cr3, sregs.cr4, sregs.efer);
+    // The instruction bytes at RIP, to tell a loop from a fault.
+    constexpr uint64_t kCodeBytes = 16;
+    absl::StatusOr<uint64_t> gpa = v.Translate(sregs.cs.base + regs.rip);
+    absl::StatusOr<std::span<uint8_t>> code =
+        gpa.ok() ? memory_.GpaSpan(*gpa, kCodeBytes) : gpa.status();
+    if (code.ok()) {
+      absl::StrAppendFormat(&out, "  code at rip (gpa 0x%x):", *gpa);
+      for (uint8_t b : *code) {
+        absl::StrAppendFormat(&out, " %02x", b);
+      }
+      absl::StrAppend(&out, "\n");
+    } else {
+      absl::StrAppend(&out, "  code at rip: ", code.status().message(), "\n");
+    }
   }
   ASSIGN_OR_RETURN(kvm_irqchip ioapic, vm_.GetIrqchip(KVM_IRQCHIP_IOAPIC));
   const auto& pin = ioapic.chip.ioapic.redirtbl[x86::kCom1Irq].fields;

@@ -82,19 +82,23 @@ class Proc:
             f"--- stdout tail:\n{self.stdout()[-1500:]}\n"
             f"--- stderr tail:\n{self.stderr()[-2500:]}")
 
-    def dump_state(self):
+    def dump_state(self, times=2, gap=2.0):
         """Asks a still-running lmig-rdma for its machine state (SIGQUIT: vCPUs, interrupt
-        pins, UART) so that a timeout's report says what the guest was doing."""
-        if self.p.poll() is not None or self.args[0] != LMIG:
+        pins, UART), TIMES times GAP seconds apart, so that a timeout's report says what the
+        guest was doing and whether it moves."""
+        if self.args[0] != LMIG:
             return
-        self.p.send_signal(signal.SIGQUIT)
-        deadline = time.monotonic() + 3
-        with self.cv:
-            while b"state on SIGQUIT" not in self.err and time.monotonic() < deadline:
-                self.cv.wait(0.2)
-            # The dump is written at once; wait for its last line.
-            while b"bytes of output pending" not in self.err and time.monotonic() < deadline:
-                self.cv.wait(0.2)
+        marker = b"bytes of output pending"
+        for i in range(times):
+            if self.p.poll() is not None:
+                return
+            if i:
+                time.sleep(gap)
+            with self.cv:
+                seen = self.err.count(marker)
+            self.p.send_signal(signal.SIGQUIT)
+            with self.cv:
+                self.cv.wait_for(lambda: self.err.count(marker) > seen, 3)
 
     def send(self, text):
         self.p.stdin.write(text.encode())

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <chrono>
 #include <deque>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_format.h"
@@ -246,9 +247,8 @@ class RdmaTransport : public Transport {
       if (!error_.ok() && !HasCompleteMessage()) {
         return error_;
       }
-      if (stream_.size() >= sizeof(proto::FrameHeader)) {
-        proto::FrameHeader h;
-        std::copy(stream_.begin(), stream_.begin() + sizeof(h), reinterpret_cast<uint8_t*>(&h));
+      if (std::optional<proto::FrameHeader> header = PeekHeader()) {
+        const proto::FrameHeader& h = *header;
         RETURN_IF_ERROR(proto::CheckHeader(h));
         if (h.type == static_cast<uint16_t>(proto::MsgType::kPages)) {
           return absl::DataLossError("corrupt stream: PAGES frame on an RDMA connection");
@@ -549,13 +549,19 @@ class RdmaTransport : public Transport {
     return n;
   }
 
-  bool HasCompleteMessage() const {
+  // The next frame's header, once the control stream holds one.
+  std::optional<proto::FrameHeader> PeekHeader() const {
     proto::FrameHeader h;
     if (stream_.size() < sizeof(h)) {
-      return false;
+      return std::nullopt;
     }
     std::copy(stream_.begin(), stream_.begin() + sizeof(h), reinterpret_cast<uint8_t*>(&h));
-    return proto::CheckHeader(h).ok() && stream_.size() >= sizeof(h) + h.length;
+    return h;
+  }
+
+  bool HasCompleteMessage() const {
+    std::optional<proto::FrameHeader> h = PeekHeader();
+    return h && proto::CheckHeader(*h).ok() && stream_.size() >= sizeof(*h) + h->length;
   }
 
   // Reaps completions; with WAIT, sleeps on the completion channel (or spins with busy_poll)

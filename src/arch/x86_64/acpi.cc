@@ -20,7 +20,6 @@ constexpr uint32_t kFadtFlagWbinvd = 1 << 0;
 constexpr uint32_t kFadtFlagNoPowerButton = 1 << 4;
 constexpr uint32_t kFadtFlagNoSleepButton = 1 << 5;
 constexpr uint16_t kBootArchLegacyDevices = 1 << 0;
-constexpr uint16_t kBootArch8042 = 1 << 1;
 constexpr uint16_t kBootArchNoVga = 1 << 2;
 
 // The common 36-byte header of a system description table; length and checksum are set by
@@ -114,7 +113,10 @@ std::vector<uint8_t> Fadt(uint64_t dsdt) {
   w.U16(101), w.U16(1001);                     // P_LVL2/3 latency: C2/C3 not supported
   w.U16(0), w.U16(0);                          // flush size, stride
   w.U8(0), w.U8(0), w.U8(0), w.U8(0), w.U8(0); // duty offset/width, alarms, century
-  w.U16(kBootArchLegacyDevices | kBootArch8042 | kBootArchNoVga);
+  // No 8042 flag: the i8042 model only pulses reset (reboot=k writes port 0x64 whatever the
+  // FADT says), so Linux must not probe it: a probe polls its status port 10000 times (half a
+  // second and 10000 exits) before it gives up.
+  w.U16(kBootArchLegacyDevices | kBootArchNoVga);
   w.U8(0);                                     // reserved
   w.U32(kFadtFlagWbinvd | kFadtFlagNoPowerButton | kFadtFlagNoSleepButton);
   for (int i = 0; i < 12; ++i) w.U8(0);        // RESET_REG: none (reboot goes via the i8042)
