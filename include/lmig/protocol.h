@@ -31,7 +31,7 @@
 namespace lmig::proto {
 
 inline constexpr uint32_t kMagic = 0x47494d4c;  // "LMIG"
-inline constexpr uint32_t kVersion = 1;
+inline constexpr uint32_t kVersion = 2;  // 2: PROGRESS
 inline constexpr uint64_t kMaxControlPayload = 64ull << 20;
 
 enum class MsgType : uint16_t {
@@ -44,6 +44,10 @@ enum class MsgType : uint16_t {
   kComplete = 6,
   kAck = 7,
   kAbort = 8,
+  // The source is alive mid-round (arg = round, payload = u64 bytes sent so far in it): an
+  // RDMA round is silent to the destination, whose silence timeout would otherwise end a
+  // round longer than --timeout.
+  kProgress = 9,
 };
 const char* MsgTypeName(MsgType t);
 

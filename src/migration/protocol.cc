@@ -18,6 +18,7 @@ const char* MsgTypeName(MsgType t) {
     case MsgType::kComplete: return "COMPLETE";
     case MsgType::kAck: return "ACK";
     case MsgType::kAbort: return "ABORT";
+    case MsgType::kProgress: return "PROGRESS";
     default: return "INVALID";
   }
 }
@@ -52,7 +53,7 @@ absl::Status CheckHeader(const FrameHeader& h) {
         "corrupt stream: header checksum mismatch on a %s frame",
         MsgTypeName(static_cast<MsgType>(h.type))));
   }
-  if (h.type == 0 || h.type > static_cast<uint16_t>(MsgType::kAbort)) {
+  if (h.type == 0 || h.type > static_cast<uint16_t>(MsgType::kProgress)) {
     return absl::DataLossError(absl::StrFormat("corrupt stream: unknown message type %d", h.type));
   }
   if (static_cast<MsgType>(h.type) != MsgType::kPages && h.length > kMaxControlPayload) {

@@ -113,6 +113,9 @@ absl::Status MigrationReceiver::Handle(const proto::Message& m, MigrationStats& 
                                   er.final_round ? " (final)" : "", er.pages));
         return absl::OkStatus();
       }
+      if (m.type == MsgType::kProgress) {
+        return absl::OkStatus();  // receiving it was the point: the source is alive
+      }
       if (m.type == MsgType::kDeviceState) {
         device_state_ = m.payload;
         state_ = State::kHaveState;

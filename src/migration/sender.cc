@@ -101,6 +101,7 @@ absl::Status MigrationSender::SendRound(int round, const PageBitmap& pages, bool
   const std::vector<RamRun> runs = CoalesceRuns(pages, opts_.max_run_bytes);
   uint64_t bytes = 0, batch_bytes = 0;
   std::vector<RamRange> batch;
+  absl::Time last_alive = start;
   for (const RamRun& r : runs) {
     batch.push_back({r.offset, r.length});
     batch_bytes += r.length;
@@ -110,6 +111,11 @@ absl::Status MigrationSender::SendRound(int round, const PageBitmap& pages, bool
       batch.clear();
       batch_bytes = 0;
       Pace(bytes, start);
+      if (absl::Now() - last_alive >= opts_.alive_interval) {
+        RETURN_IF_ERROR(t_->Send(proto::MsgType::kProgress, static_cast<uint32_t>(round),
+                                 proto::Bytes(bytes)));
+        last_alive = absl::Now();
+      }
     }
   }
   RETURN_IF_ERROR(t_->Write(batch));

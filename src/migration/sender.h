@@ -23,6 +23,9 @@ struct SenderOptions {
   bool verify_memory = false;
   std::string key;
   uint64_t max_run_bytes = 1 << 20;  // coalesced run cap
+  // During a round, a PROGRESS message at least this often (the destination's silence
+  // timeout must not end a long RDMA round, whose writes it cannot see).
+  absl::Duration alive_interval = absl::Seconds(5);
 };
 
 class MigrationSender {

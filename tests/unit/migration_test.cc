@@ -189,6 +189,27 @@ TEST(Engine, MigratesARunningTinyGuestThatContinuesWithoutLosingOutput) {
   EXPECT_NE(r.send_stats.ToJson().find("\"downtime_ms\""), std::string::npos);
 }
 
+TEST(Engine, LongRoundsTellTheDestinationTheSourceIsAlive) {
+  Vm a;
+  ASSERT_NO_FATAL_FAILURE(StartCounterGuest(a));
+  // 12 MiB of data the guest does not touch: more than one 8 MiB batch in round 1.
+  std::memset(a.machine->memory().base() + (2 << 20), 0x5a, 12 << 20);
+  Pair p = ConnectPair();
+  ASSERT_TRUE(p.src && p.dst);
+  Vm b;
+  SenderOptions opts;
+  opts.verify_memory = true;
+  opts.alive_interval = absl::ZeroDuration();  // PROGRESS after every batch
+  EngineRun r = Migrate(a.machine.get(), p, b, opts, "");
+  ASSERT_TRUE(r.send_status.ok()) << r.send_status;
+  ASSERT_TRUE(r.recv_status.ok()) << r.recv_status;  // PROGRESS was accepted mid-round
+  a.machine->RequestStop({ExitInfo::kStopped, "migrated"});
+  a.machine->Join();
+  EXPECT_GE(r.send_stats.pages_sent, (12u << 20) / 4096);
+  ASSERT_TRUE(WaitStopped(*b.machine, 30000));
+  b.machine->Join();
+}
+
 TEST(Engine, WrongKeyIsRefusedAndTheSourceKeepsRunning) {
   Vm a;
   ASSERT_NO_FATAL_FAILURE(StartCounterGuest(a));
