@@ -54,7 +54,8 @@ class Uart : public PioDevice {
 
   UartState Save() const;
   void Restore(const UartState& s);
-  // "ier=.. iir=.. lsr=.. mcr=.. rx=N irq=0|1": the registers a stuck console is judged by.
+  // "uart: ier=.. iir=.. lsr=.. mcr=.. thr_pending=0|1 rx=N irq=0|1": the registers a stuck
+  // console is judged by.
   std::string Describe() const;
 
  private:

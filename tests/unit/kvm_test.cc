@@ -158,11 +158,7 @@ TEST(TinyGuest, StateSavedMidRunContinuesInASecondVm) {
   Vm a = MakeVm();
   ASSERT_TRUE(LoadRealMode(*a.machine, kCounter).ok());
   ASSERT_TRUE(a.machine->Start().ok());
-  std::string out_a;
-  for (int i = 0; i < 2000 && out_a.size() < 6; ++i) {
-    out_a += a.console->Take();
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  std::string out_a = TakeOutput(*a.console, 6);
   a.machine->Pause();
   out_a += a.console->Take();
   ASSERT_GE(out_a.size(), 6u);
@@ -188,11 +184,7 @@ TEST(TinyGuest, DescribeShowsWhereTheGuestIsAndPausesNest) {
   Vm a = MakeVm();
   ASSERT_TRUE(LoadRealMode(*a.machine, kCounter).ok());
   ASSERT_TRUE(a.machine->Start().ok());
-  std::string out;
-  for (int i = 0; i < 2000 && out.size() < 3; ++i) {
-    out += a.console->Take();
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  std::string out = TakeOutput(*a.console, 3);
   a.machine->Pause();  // e.g. a migration's stop-and-copy, with a state dump inside it
   auto text = a.machine->Describe();
   ASSERT_TRUE(text.ok()) << text.status();

@@ -160,11 +160,7 @@ EngineRun Migrate(Machine* a, Pair& p, Vm& b, SenderOptions opts, const std::str
 TEST(Engine, MigratesARunningTinyGuestThatContinuesWithoutLosingOutput) {
   Vm a;
   ASSERT_NO_FATAL_FAILURE(StartCounterGuest(a));
-  std::string out_a;
-  for (int i = 0; i < 2000 && out_a.size() < 4; ++i) {
-    out_a += a.console->Take();
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  std::string out_a = TakeOutput(*a.console, 4);
   Pair p = ConnectPair();
   ASSERT_TRUE(p.src && p.dst);
   Vm b;

@@ -4,9 +4,11 @@
 
 #include <poll.h>
 
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "include/lmig/status.h"
@@ -75,6 +77,16 @@ inline absl::Status LoadRealMode(Machine& m, const std::vector<uint8_t>& code) {
   r.rip = kCodeAddr;
   r.rflags = 2;
   return m.vcpu(0).SetRegs(r);
+}
+
+// Collects console output until at least AT_LEAST bytes have come (or 10 s have passed).
+inline std::string TakeOutput(ConsoleBuffer& console, size_t at_least) {
+  std::string out;
+  for (int i = 0; i < 2000 && out.size() < at_least; ++i) {
+    out += console.Take();
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return out;
 }
 
 // Waits until the machine stops (or TIMEOUT_MS passes); returns whether it stopped.
