@@ -150,6 +150,14 @@ absl::Status Machine::Init(ConsoleBuffer* console) {
   RETURN_IF_ERROR(vm_.SetTssAddr(kTssAddress));
   RETURN_IF_ERROR(vm_.CreateIrqchip());
   RETURN_IF_ERROR(vm_.CreatePit2());
+  // With the exception payload split out, KVM_GET_VCPU_EVENTS reports a pending exception as
+  // pending (not injected) and leaves its payload (CR2/DR6) unapplied, so reading the state
+  // does not change it: otherwise a #PF queued at pause time writes CR2 after SaveState has
+  // already read the sregs, and the destination's handler sees the previous CR2.
+  if (vm_.CheckExtension(KVM_CAP_EXCEPTION_PAYLOAD) > 0) {
+    RETURN_IF_ERROR(Annotate(vm_.EnableCap(KVM_CAP_EXCEPTION_PAYLOAD, 1),
+                             "enabling KVM_CAP_EXCEPTION_PAYLOAD"));
+  }
 
   size_t ring_bytes = 0;
   if (config_.dirty_mode == DirtyMode::kRing) {

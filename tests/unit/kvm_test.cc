@@ -180,6 +180,42 @@ TEST(TinyGuest, StateSavedMidRunContinuesInASecondVm) {
   EXPECT_EQ(out_a + b.console->Take(), CounterOutput());
 }
 
+// A page fault KVM has queued but not delivered when the source pauses (e.g. one raised while
+// emulating an instruction) moves as pending, with its address still a payload: delivering it
+// only on the destination writes CR2 there, at delivery, as the CPU would have.
+TEST(TinyGuest, PendingPageFaultAndItsAddressSurviveTheMove) {
+  Vm a = MakeVm();
+  ASSERT_TRUE(LoadRealMode(*a.machine, kCounter).ok());
+  auto sregs = a.machine->vcpu(0).GetSregs();
+  ASSERT_TRUE(sregs.ok());
+  sregs->cr2 = 0x1111;
+  ASSERT_TRUE(a.machine->vcpu(0).SetSregs(*sregs).ok());
+  auto ev = a.machine->vcpu(0).GetVcpuEvents();
+  ASSERT_TRUE(ev.ok());
+  ev->flags |= KVM_VCPUEVENT_VALID_PAYLOAD;
+  ev->exception.pending = 1;
+  ev->exception.nr = 14;
+  ev->exception.has_error_code = 1;
+  ev->exception.error_code = 2;
+  ev->exception_has_payload = 1;
+  ev->exception_payload = 0x5000;
+  ASSERT_TRUE(a.machine->vcpu(0).SetVcpuEvents(*ev).ok());
+  auto state = a.machine->SaveState();
+  ASSERT_TRUE(state.ok()) << state.status();
+
+  Vm b = MakeVm();
+  ASSERT_TRUE(b.machine->RestoreState(*state).ok());
+  auto got = b.machine->vcpu(0).GetVcpuEvents();
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->exception.pending, 1);
+  EXPECT_EQ(got->exception.injected, 0);
+  EXPECT_EQ(got->exception.nr, 14);
+  EXPECT_EQ(got->exception.error_code, 2u);
+  EXPECT_EQ(got->exception_has_payload, 1);
+  EXPECT_EQ(got->exception_payload, 0x5000u);
+  EXPECT_EQ(b.machine->vcpu(0).GetSregs()->cr2, 0x1111u);
+}
+
 TEST(TinyGuest, DescribeShowsWhereTheGuestIsAndPausesNest) {
   Vm a = MakeVm();
   ASSERT_TRUE(LoadRealMode(*a.machine, kCounter).ok());
