@@ -85,7 +85,7 @@ class Migrate(LabTest):
         port = labkit.next_port()
         d = self.dst(port)
         s = self.src(port, labkit.vm_args(extra_cmdline=labkit.workload(mib=16)),
-                     "--migrate-on-output", "storm 500 ")
+                     "--migrate-on-output", "storm 500 ", "--verify-memory")
         s.wait_for("shell ready", 90)
         s.send("i=0; while true; do echo \"storm $i \"; i=$((i+1)); done &\n")
         self.assertEqual(s.wait(240), 0, s.stderr()[-3000:] + "\n--- dst stderr:\n" +
