@@ -44,7 +44,8 @@ class Migrate(LabTest):
         s_json, d_json = stats_path("src"), stats_path("dst")
         d = self.dst(port, stats=d_json)
         s = self.src(port, labkit.vm_args(mem=mem, cpus=cpus, extra_cmdline=wl or labkit.workload()),
-                     "--migrate-on-output", "tick 3 ", *extra_src, stats=s_json)
+                     "--migrate-on-output", "tick 3 ", "--verify-memory", *extra_src,
+                     stats=s_json)
         self.assertEqual(s.wait(240), 0, s.stderr()[-3000:] + "\n--- src console:\n" +
                          s.stdout()[-2000:] + "\n--- dst stderr:\n" + d.stderr()[-2000:])
         last_src = labkit.ticks(s.stdout())[-1][0]
