@@ -33,6 +33,12 @@ class Migrate(LabTest):
             args += ["--stats-json", stats]
         return self.start(args + list(extra), "src")
 
+    @staticmethod
+    def why_src_failed(s, d):
+        """What a failed source run is judged by: its stderr and console, the dst's stderr."""
+        return (s.stderr()[-3000:] + "\n--- src console:\n" + s.stdout()[-2000:] +
+                "\n--- dst stderr:\n" + d.stderr()[-2000:])
+
     def finish_on(self, p, tick_after):
         """Waits for a few more ticks on P, reboots the guest there, expects exit status 0."""
         p.wait_for(rf"tick {tick_after} ", 60)
@@ -46,8 +52,7 @@ class Migrate(LabTest):
         s = self.src(port, labkit.vm_args(mem=mem, cpus=cpus, extra_cmdline=wl or labkit.workload()),
                      "--migrate-on-output", "tick 3 ", "--verify-memory", *extra_src,
                      stats=s_json)
-        self.assertEqual(s.wait(240), 0, s.stderr()[-3000:] + "\n--- src console:\n" +
-                         s.stdout()[-2000:] + "\n--- dst stderr:\n" + d.stderr()[-2000:])
+        self.assertEqual(s.wait(240), 0, self.why_src_failed(s, d))
         last_src = labkit.ticks(s.stdout())[-1][0]
         self.finish_on(d, last_src + 3)
         self.assert_ticks_continue(s.stdout(), d.stdout())
@@ -89,8 +94,7 @@ class Migrate(LabTest):
                      "--migrate-on-output", "storm 500 ", "--verify-memory")
         s.wait_for("shell ready", 90)
         s.send("i=0; while true; do echo \"storm $i \"; i=$((i+1)); done &\n")
-        self.assertEqual(s.wait(240), 0, s.stderr()[-3000:] + "\n--- dst stderr:\n" +
-                         d.stderr()[-2000:])
+        self.assertEqual(s.wait(240), 0, self.why_src_failed(s, d))
         storm = re.compile(r"storm (\d+) ")
         last = int(storm.findall(s.stdout())[-1])
         d.wait_for(rf"storm {last + 500} ", 120)
