@@ -39,9 +39,17 @@ class Migrate(LabTest):
         return (s.stderr()[-3000:] + "\n--- src console:\n" + s.stdout()[-2000:] +
                 "\n--- dst stderr:\n" + d.stderr()[-2000:])
 
-    def finish_on(self, p, tick_after):
-        """Waits for a few more ticks on P, reboots the guest there, expects exit status 0."""
-        p.wait_for(rf"tick {tick_after} ", 60)
+    def finish_on(self, p, tick_after, came_from=None):
+        """Waits for a few more ticks on P, reboots the guest there, expects exit status 0.
+        A guest that stops ticking is reported with the console and stderr of the process it
+        CAME_FROM, since what went wrong may have started there."""
+        try:
+            p.wait_for(rf"tick {tick_after} ", 60)
+        except AssertionError as e:
+            if came_from is None:
+                raise
+            raise AssertionError(f"{e}\n--- {came_from.name} stderr:\n{came_from.stderr()[-2500:]}"
+                                 f"\n--- {came_from.name} console:\n{came_from.stdout()[-2000:]}")
         p.send("reboot -f\n")
         self.assertEqual(p.wait(60), 0, p.stderr()[-2000:])
 
@@ -54,7 +62,7 @@ class Migrate(LabTest):
                      stats=s_json)
         self.assertEqual(s.wait(240), 0, self.why_src_failed(s, d))
         last_src = labkit.ticks(s.stdout())[-1][0]
-        self.finish_on(d, last_src + 3)
+        self.finish_on(d, last_src + 3, came_from=s)
         self.assert_ticks_continue(s.stdout(), d.stdout())
         st = labkit.load_json(s_json)
         self.assertEqual(st["status"], "completed")
