@@ -1,8 +1,12 @@
 #!/bin/sh
 # Lab smoke test: nested KVM runs a tiny long-mode guest at nested speed, rxe0 exists, and
-# ib_write_bw over rxe0 completes.
+# ib_write_bw over rxe0 completes; the lab's KVM took its module options from the kernel
+# command line (nested guests get shadow paging: kvm_amd.npt=0).
 set -e
 cd "$(dirname "$0")/../.."
+echo "== kvm_amd options"
+grep -q '^N$' /sys/module/kvm_amd/parameters/npt || {
+  echo "smoke: kvm_amd.npt is $(cat /sys/module/kvm_amd/parameters/npt), expected N"; exit 1; }
 echo "== nested KVM: tiny long-mode guest"
 LMIG_LONGMODE_ITERATIONS=50000000 build/tests/unit_tests --gtest_filter='TinyGuest.LongMode*'
 echo "== ibv_devices"
