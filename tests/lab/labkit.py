@@ -62,6 +62,13 @@ class Proc:
         with self.cv:
             return self.err.decode(errors="replace")
 
+    def tails(self, err=2500, out=2000):
+        """The last ERR characters of this process's stderr and OUT of its console (0: left
+        out), labelled with its name: what every failure report carries."""
+        parts = [(f"--- {self.name} stderr:", self.stderr(), err),
+                 (f"--- {self.name} console:", self.stdout(), out)]
+        return "\n".join(f"{label}\n{text[-n:]}" for label, text, n in parts if n)
+
     def wait_for(self, pattern, timeout, stream="out"):
         """Waits until PATTERN (regex) appears; returns the match or fails with the tails."""
         rx = re.compile(pattern)
@@ -79,8 +86,7 @@ class Proc:
         self.dump_state()
         raise AssertionError(
             f"{self.name}: no /{pattern}/ within {timeout}s (exit {self.p.poll()})\n"
-            f"--- stdout tail:\n{self.stdout()[-1500:]}\n"
-            f"--- stderr tail:\n{self.stderr()[-2500:]}")
+            + self.tails())
 
     def dump_state(self, times=2, gap=2.0):
         """Asks a still-running lmig-rdma for its machine state (SIGQUIT: vCPUs, interrupt
@@ -113,9 +119,7 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.dump_state()
             self.p.kill()
-            raise AssertionError(f"{self.name}: still running after {timeout}s\n"
-                                 f"--- stdout tail:\n{self.stdout()[-1500:]}\n"
-                                 f"--- stderr tail:\n{self.stderr()[-2500:]}")
+            raise AssertionError(f"{self.name}: still running after {timeout}s\n" + self.tails())
         with self.cv:  # the pump threads read what is left in the pipes
             self.cv.wait_for(lambda: self.closed == 2, 5)
         return rc

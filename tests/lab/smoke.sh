@@ -1,9 +1,17 @@
 #!/bin/sh
 # Lab smoke test: nested KVM runs a tiny long-mode guest at nested speed, rxe0 exists, and
 # ib_write_bw over rxe0 completes; the lab's KVM took its module options from the kernel
-# command line (nested guests get shadow paging: kvm_amd.npt=0).
+# command line (nested guests get shadow paging: kvm_amd.npt=0); the keeper VM that pins KVM's
+# static keys for the lab's life (tools/lib/kvm_keeper.py) is up.
 set -e
 cd "$(dirname "$0")/../.."
+echo "== keeper VM"
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  grep -q "holding a vCPU" "$LAB_RESULTS/keeper.log" 2>/dev/null && break
+  sleep 0.5
+done
+grep -q "holding a vCPU" "$LAB_RESULTS/keeper.log" || {
+  echo "smoke: the keeper VM is not up: $(cat "$LAB_RESULTS/keeper.log" 2>&1)"; exit 1; }
 echo "== kvm_amd options"
 grep -q '^N$' /sys/module/kvm_amd/parameters/npt || {
   echo "smoke: kvm_amd.npt is $(cat /sys/module/kvm_amd/parameters/npt), expected N"; exit 1; }

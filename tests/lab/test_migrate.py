@@ -36,8 +36,7 @@ class Migrate(LabTest):
     @staticmethod
     def why_src_failed(s, d):
         """What a failed source run is judged by: its stderr and console, the dst's stderr."""
-        return (s.stderr()[-3000:] + "\n--- src console:\n" + s.stdout()[-2000:] +
-                "\n--- dst stderr:\n" + d.stderr()[-2000:])
+        return s.tails(err=3000) + "\n" + d.tails(out=0)
 
     def finish_on(self, p, tick_after, came_from=None):
         """Waits for a few more ticks on P, reboots the guest there, expects exit status 0.
@@ -48,8 +47,7 @@ class Migrate(LabTest):
         except AssertionError as e:
             if came_from is None:
                 raise
-            raise AssertionError(f"{e}\n--- {came_from.name} stderr:\n{came_from.stderr()[-2500:]}"
-                                 f"\n--- {came_from.name} console:\n{came_from.stdout()[-2000:]}")
+            raise AssertionError(f"{e}\n{came_from.tails()}")
         p.send("reboot -f\n")
         self.assertEqual(p.wait(60), 0, p.stderr()[-2000:])
 
