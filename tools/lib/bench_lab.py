@@ -142,6 +142,14 @@ def qemu_migrate(transport, mem, fill_mib):
             time.sleep(0.2)
         else:
             info = {"status": "timed out"}
+        # QEMU 7.2 sets "completed" before its migration thread computes total-time and
+        # downtime (migration_calculate_complete runs after the state change), so a query in
+        # between reads 0 for both: ask again until they are filled in.
+        settle = time.monotonic() + 10
+        while (info.get("status") == "completed" and not info.get("total-time")
+               and time.monotonic() < settle):
+            time.sleep(0.2)
+            info = q.cmd("query-migrate")
         if info.get("status") == "completed":
             dst.wait_for(r"tick \d+ verified", 60)
             seq = labkit.ticks(dst.stdout())
