@@ -143,8 +143,9 @@ def qemu_migrate(transport, mem, fill_mib):
         else:
             info = {"status": "timed out"}
         # QEMU 7.2 sets "completed" before its migration thread computes total-time and
-        # downtime (migration_calculate_complete runs after the state change), so a query in
-        # between reads 0 for both: ask again until they are filled in.
+        # downtime (migration_calculate_complete runs after the state change; a later upstream
+        # patch moved it before), so a query in between reads 0 for both: ask again until
+        # they are filled in.
         settle = time.monotonic() + 10
         while (info.get("status") == "completed" and not info.get("total-time")
                and time.monotonic() < settle):
