@@ -49,7 +49,7 @@ class Migrate(LabTest):
                 raise
             raise AssertionError(f"{e}\n{came_from.tails()}")
         p.send("reboot -f\n")
-        self.assertEqual(p.wait(60), 0, p.stderr()[-2000:])
+        self.assertEqual(p.wait(60), 0, p.tails(err=2000, out=0))
 
     def migrate_once(self, cpus=1, mem="512M", wl=None, extra_src=()):
         port = labkit.next_port()
@@ -105,7 +105,7 @@ class Migrate(LabTest):
         last = int(storm.findall(s.stdout())[-1])
         d.wait_for(rf"storm {last + 500} ", 120)
         d.send("kill %1; reboot -f\n")
-        self.assertEqual(d.wait(60), 0, d.stderr()[-2000:])
+        self.assertEqual(d.wait(60), 0, d.tails(err=2000, out=0))
         nums = [int(n) for n in storm.findall(s.stdout() + d.stdout())]
         self.assertEqual(nums, list(range(nums[0], nums[0] + len(nums))),
                          "console lines lost or repeated across the migration")
@@ -120,7 +120,7 @@ class Migrate(LabTest):
         s = self.src(p1, labkit.vm_args(extra_cmdline=labkit.workload()),
                      "--migrate-on-output", "tick 2 ")
         for p in (s, hop1, hop2):
-            self.assertEqual(p.wait(240), 0, p.name + ": " + p.stderr()[-3000:])
+            self.assertEqual(p.wait(240), 0, p.tails(err=3000, out=0))
         last = labkit.ticks(hop2.stdout())[-1][0]
         self.finish_on(hop3, last + 2)
         self.assert_ticks_continue(s.stdout(), hop1.stdout(), hop2.stdout(), hop3.stdout())

@@ -66,7 +66,7 @@ def lmig_migrate(transport, mem, fill_mib):
     if rc != 0:
         src.kill()
         dst.kill()
-        raise RuntimeError(f"lmig-rdma over {transport} failed:\n{src.stderr()[-3000:]}")
+        raise RuntimeError(f"lmig-rdma over {transport} failed:\n{src.tails(err=3000, out=0)}")
     last = labkit.ticks(src.stdout())[-1][0]
     dst.wait_for(rf"tick {last + 2} ", 120)
     dst.send("reboot -f\n")
@@ -253,8 +253,8 @@ def render(r):
 
         def ratio(mine, theirs):
             return f"{mine / theirs:.2f}" if qok and theirs else "-"
-        # A completed migration never takes 0 ms: QEMU's RDMA path has reported 0 for both
-        # total-time and downtime at completion, which means "not reported", not "instant".
+        # A completed migration never takes 0 ms: a 0 here means QEMU had still not filled in
+        # its figures when qemu_migrate stopped asking (its completion race), "not reported".
         qtotal = (q.get("total-time") or None) if qok else None
         qdown = (q.get("downtime") or None) if qok else None
         qmbps = q.get("ram", {}).get("mbps") if qok else None
