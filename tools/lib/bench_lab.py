@@ -103,8 +103,23 @@ class Qmp:
                 raise RuntimeError(f"QMP {name}: {reply['error']}")
 
 
+# The QEMU peer (--qemu): "system" is Debian's own package (7.2 on Debian 12), "backports" the
+# backports suite's (10.0) that tools/lab unpacks into its cache; tools/lab names both in the lab.
+QEMU = {"bin": "qemu-system-x86_64"}
+
+
+def pick_qemu(which):
+    path = {"system": os.environ.get("LAB_QEMU_SYSTEM"),
+            "backports": os.environ.get("LAB_QEMU_BACKPORTS")}.get(which, which)
+    if not path:
+        sys.exit(f"bench: no {which} QEMU in this lab (tools/lab qemu --which {which} fetches it)")
+    QEMU["bin"] = path
+    out = subprocess.run([path, "--version"], stdout=subprocess.PIPE, text=True).stdout
+    return out.split("\n")[0]
+
+
 def qemu_args(mem, cmdline, qmp, incoming=None):
-    args = ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host", "-machine", "pc", "-m", mem,
+    args = [QEMU["bin"], "-enable-kvm", "-cpu", "host", "-machine", "pc", "-m", mem,
             "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
             "-kernel", labkit.KERNEL, "-initrd", labkit.GUEST_INITRD, "-append", cmdline,
             "-qmp", f"unix:{qmp},server=on,wait=off"]
@@ -119,7 +134,7 @@ def spawn(args, name):
 
 
 def qemu_migrate(transport, mem, fill_mib):
-    """QEMU 7.2 migrating the same guest; returns query-migrate's answer (or the error)."""
+    """The peer QEMU migrating the same guest; returns query-migrate's answer (or the error)."""
     port = labkit.next_port()
     cmdline = labkit.guest_cmdline(workload_cmdline(fill_mib))
     uri = f"{transport}:{IP}:{port}"
@@ -186,8 +201,10 @@ def main():
     ap.add_argument("--mem", default="2G")
     ap.add_argument("--fill-mib", type=int, default=1700)
     ap.add_argument("--skip-qemu", action="store_true")
+    ap.add_argument("--qemu", default="system", help="the QEMU peer: system, backports or a path")
     a = ap.parse_args()
-    r = {"guest_mem": a.mem, "fill_mib": a.fill_mib}
+    r = {"guest_mem": a.mem, "fill_mib": a.fill_mib, "qemu": pick_qemu(a.qemu)}
+    log(f"QEMU peer: {r['qemu']}")
 
     log("boot time, lmig-rdma run vs QEMU (3 runs each, best)")
     r["boot_lmig_s"] = min(boot_time("lmig") for _ in range(3))
