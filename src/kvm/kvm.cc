@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/ioctl.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_format.h"
@@ -312,12 +313,22 @@ absl::StatusOr<std::vector<kvm_cpuid_entry2>> VcpuFd::GetCpuid() {
 }
 
 absl::Status VcpuFd::SetMsrs(const std::vector<kvm_msr_entry>& msrs) {
+  // MAX_IO_MSRS (arch/x86/kvm/x86.c): KVM refuses nmsrs >= 256 with E2BIG.
+  constexpr size_t kMaxIoMsrs = 256;
+  if (msrs.size() >= kMaxIoMsrs) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "KVM_SET_MSRS vcpu=%d: %d MSRs, KVM takes fewer than %d", id_, msrs.size(), kMaxIoMsrs));
+  }
   FlexBuf<kvm_msr_entry> buf(8, msrs.size());
   buf.count() = static_cast<uint32_t>(msrs.size());
   std::memcpy(buf.entries(), msrs.data(), msrs.size() * sizeof(kvm_msr_entry));
   const int r = ::ioctl(fd_.get(), kSetMsrs, buf.data());
   if (r < 0) {
     return ErrnoStatus(absl::StrFormat("KVM_SET_MSRS vcpu=%d n=%d", id_, msrs.size()));
+  }
+  if (static_cast<size_t>(r) > msrs.size()) {
+    return absl::InternalError(absl::StrFormat("KVM_SET_MSRS vcpu=%d: set %d of %d MSRs", id_,
+                                               r, msrs.size()));
   }
   if (static_cast<size_t>(r) != msrs.size()) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -348,8 +359,15 @@ absl::StatusOr<std::vector<uint8_t>> VcpuFd::GetXsave(size_t size) {
   return x;
 }
 
-absl::Status VcpuFd::SetXsave(const std::vector<uint8_t>& xsave) {
-  std::vector<uint8_t> x = xsave;
+absl::Status VcpuFd::SetXsave(std::span<const uint8_t> xsave, size_t kvm_size) {
+  // KVM_SET_XSAVE copies the vCPU's uABI XSAVE size from the buffer whatever its length
+  // (api.rst, KVM_GET_XSAVE2): a shorter buffer is an out-of-bounds read.
+  if (kvm_size < kXsaveSize || xsave.size() != kvm_size) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "KVM_SET_XSAVE vcpu=%d: buffer of %d bytes, KVM reads %d", id_, xsave.size(),
+        std::max(kvm_size, kXsaveSize)));
+  }
+  std::vector<uint8_t> x(xsave.begin(), xsave.end());
   return Ioctl(fd_.get(), kSetXsave, "KVM_SET_XSAVE", x.data(), "vcpu=%d size=%d", id_,
                x.size());
 }

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -96,7 +97,8 @@ class VcpuFd {
   absl::Status SetSregs(const kvm_sregs& s);
   absl::Status SetCpuid(const std::vector<kvm_cpuid_entry2>& entries);
   absl::StatusOr<std::vector<kvm_cpuid_entry2>> GetCpuid();
-  // Sets MSRS; error if KVM accepted fewer than all of them (names the first it refused).
+  // Sets MSRS. InvalidArgument, before any ioctl, for 256 or more (KVM's MAX_IO_MSRS); an
+  // error if KVM set fewer than all of them (names the first it refused).
   absl::Status SetMsrs(const std::vector<kvm_msr_entry>& msrs);
   // Reads the MSRs INDICES; returns as many as KVM read (it stops at the first it cannot).
   absl::StatusOr<std::vector<kvm_msr_entry>> GetMsrs(const std::vector<uint32_t>& indices);
@@ -104,7 +106,10 @@ class VcpuFd {
   absl::Status SetLapic(const kvm_lapic_state& l);
   // XSAVE state of SIZE bytes (KVM_GET_XSAVE2 when SIZE > 4096).
   absl::StatusOr<std::vector<uint8_t>> GetXsave(size_t size);
-  absl::Status SetXsave(const std::vector<uint8_t>& xsave);
+  // KVM_SET_XSAVE, which reads KVM_SIZE bytes (the VM's KVM_CAP_XSAVE2 size, 4096 without it)
+  // from the buffer. InvalidArgument, before any ioctl, unless XSAVE holds exactly KVM_SIZE
+  // bytes and KVM_SIZE is at least 4096 (sizeof(struct kvm_xsave)).
+  absl::Status SetXsave(std::span<const uint8_t> xsave, size_t kvm_size);
   absl::StatusOr<kvm_xcrs> GetXcrs();
   absl::Status SetXcrs(const kvm_xcrs& x);
   absl::StatusOr<kvm_vcpu_events> GetVcpuEvents();

@@ -641,112 +641,38 @@ absl::StatusOr<std::vector<uint8_t>> Machine::SaveState() {
   return w.Finish();
 }
 
+StateLimits Machine::state_limits() const {
+  StateLimits l;
+  l.num_vcpus = static_cast<uint32_t>(vcpus_.size());
+  l.xsave_size = xsave_size_;
+  l.msr_indices = msr_indices_;
+  return l;
+}
+
 absl::Status Machine::RestoreState(std::span<const uint8_t> blob) {
-  ASSIGN_OR_RETURN(std::vector<StateRecord> recs, ParseState(blob));
-  std::vector<int> seen(num_vcpus(), 0);
-  bool have_clock = false, have_uart = false;
-  int irqchips = 0;
-  for (const StateRecord& r : recs) {
-    if (r.vcpu != kVmWide && r.vcpu >= static_cast<uint32_t>(num_vcpus())) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "state names vcpu %d but this machine has %d", r.vcpu, num_vcpus()));
-    }
-    VcpuFd* v = r.vcpu == kVmWide ? nullptr : vcpus_[r.vcpu].get();
-    if (v == nullptr && r.tag < StateTag::kIrqchip) {
-      return absl::InvalidArgumentError("vCPU state record without a vCPU");
-    }
-    if (v != nullptr) {
-      ++seen[r.vcpu];
-    }
-    switch (r.tag) {
-      case StateTag::kCpuid: {
-        std::vector<kvm_cpuid_entry2> e(r.data.size() / sizeof(kvm_cpuid_entry2));
-        std::memcpy(e.data(), r.data.data(), e.size() * sizeof(kvm_cpuid_entry2));
-        RETURN_IF_ERROR(v->SetCpuid(e));
-        cpuid_[r.vcpu] = std::move(e);
-        break;
-      }
-      case StateTag::kMpState: {
-        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_mp_state>(r));
-        RETURN_IF_ERROR(v->SetMpState(x));
-        break;
-      }
-      case StateTag::kRegs: {
-        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_regs>(r));
-        RETURN_IF_ERROR(v->SetRegs(x));
-        break;
-      }
-      case StateTag::kSregs: {
-        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_sregs>(r));
-        RETURN_IF_ERROR(v->SetSregs(x));
-        break;
-      }
-      case StateTag::kXsave:
-        RETURN_IF_ERROR(v->SetXsave(std::vector<uint8_t>(r.data.begin(), r.data.end())));
-        break;
-      case StateTag::kXcrs: {
-        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_xcrs>(r));
-        RETURN_IF_ERROR(v->SetXcrs(x));
-        break;
-      }
-      case StateTag::kLapic: {
-        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_lapic_state>(r));
-        RETURN_IF_ERROR(v->SetLapic(x));
-        break;
-      }
-      case StateTag::kMsrs: {
-        std::vector<kvm_msr_entry> e(r.data.size() / sizeof(kvm_msr_entry));
-        std::memcpy(e.data(), r.data.data(), e.size() * sizeof(kvm_msr_entry));
-        RETURN_IF_ERROR(v->SetMsrs(e));
-        break;
-      }
-      case StateTag::kVcpuEvents: {
-        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_vcpu_events>(r));
-        RETURN_IF_ERROR(v->SetVcpuEvents(x));
-        break;
-      }
-      case StateTag::kDebugRegs: {
-        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_debugregs>(r));
-        RETURN_IF_ERROR(v->SetDebugRegs(x));
-        break;
-      }
-      case StateTag::kIrqchip: {
-        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_irqchip>(r));
-        RETURN_IF_ERROR(vm_.SetIrqchip(x));
-        ++irqchips;
-        break;
-      }
-      case StateTag::kPit2: {
-        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_pit_state2>(r));
-        RETURN_IF_ERROR(vm_.SetPit2(x));
-        break;
-      }
-      case StateTag::kClock: {
-        ASSIGN_OR_RETURN(auto x, RecordAs<kvm_clock_data>(r));
-        RETURN_IF_ERROR(vm_.SetClock(x));
-        have_clock = true;
-        break;
-      }
-      case StateTag::kUart: {
-        ASSIGN_OR_RETURN(UartState u, UartState::Deserialize(r.data));
-        uart_->Restore(u);
-        have_uart = true;
-        break;
-      }
-      case StateTag::kInvalid:
-        return absl::InvalidArgumentError("state record with tag 0");
-    }
+  // Nothing reaches KVM before the whole blob is known to be complete and well-formed.
+  ASSIGN_OR_RETURN(ValidatedState st, ValidateState(blob, state_limits()));
+  for (size_t id = 0; id < vcpus_.size(); ++id) {
+    VcpuFd& v = *vcpus_[id];
+    const VcpuState& s = st.vcpus[id];
+    RETURN_IF_ERROR(v.SetCpuid(s.cpuid));
+    RETURN_IF_ERROR(v.SetMpState(s.mp_state));
+    RETURN_IF_ERROR(v.SetRegs(s.regs));
+    RETURN_IF_ERROR(v.SetSregs(s.sregs));
+    RETURN_IF_ERROR(v.SetXsave(s.xsave, xsave_size_));
+    RETURN_IF_ERROR(v.SetXcrs(s.xcrs));
+    RETURN_IF_ERROR(v.SetLapic(s.lapic));
+    RETURN_IF_ERROR(v.SetMsrs(s.msrs));
+    RETURN_IF_ERROR(v.SetDebugRegs(s.debugregs));
+    RETURN_IF_ERROR(v.SetVcpuEvents(s.events));
+    cpuid_[id] = s.cpuid;
   }
-  constexpr int kRecordsPerVcpu = 10;
-  for (int i = 0; i < num_vcpus(); ++i) {
-    if (seen[i] != kRecordsPerVcpu) {
-      return absl::DataLossError(absl::StrFormat(
-          "incomplete state: vcpu %d has %d of %d records", i, seen[i], kRecordsPerVcpu));
-    }
+  for (const kvm_irqchip& c : st.irqchips) {
+    RETURN_IF_ERROR(vm_.SetIrqchip(c));
   }
-  if (!have_clock || !have_uart || irqchips != 3) {
-    return absl::DataLossError("incomplete state: VM-wide records missing");
-  }
+  RETURN_IF_ERROR(vm_.SetPit2(st.pit));
+  RETURN_IF_ERROR(vm_.SetClock(st.clock));
+  uart_->Restore(st.uart);
   return absl::OkStatus();
 }
 

@@ -22,6 +22,7 @@
 #include "src/devices/uart.h"
 #include "src/kvm/kvm.h"
 #include "src/machine/guest_memory.h"
+#include "src/machine/state_codec.h"
 
 namespace lmig {
 
@@ -123,10 +124,16 @@ class Machine {
   // Joins the vCPU threads (after RequestStop).
   void Join();
 
-  // Machine state (all vCPUs, irqchips, PIT, clock, UART). Call only while paused or before
-  // Start. Restore is for a machine created with the same config.
+  // Machine state (all vCPUs, irqchips, PIT, clock, UART) as a blob (src/machine/state_codec.h).
+  // Call only while paused or before Start.
   absl::StatusOr<std::vector<uint8_t>> SaveState();
+  // Checks the whole of STATE against this machine's limits (ValidateState: one message naming
+  // the record and the problem) before any of it reaches KVM, then applies it in a fixed order.
+  // A rejected blob leaves the machine untouched; an ioctl failing midway leaves it partly
+  // restored (it must then not run). For a machine created with the same config.
   absl::Status RestoreState(std::span<const uint8_t> state);
+  // What this machine's KVM reads and accepts: vCPU count, XSAVE size, restorable MSRs.
+  StateLimits state_limits() const;
 
   const MachineConfig& config() const { return config_; }
   GuestMemory& memory() { return memory_; }
