@@ -56,5 +56,8 @@ struct DestFlags {
 absl::StatusOr<int> RunCommand(const VmFlags& flags);
 absl::StatusOr<int> SourceCommand(const VmFlags& vm, const SourceFlags& flags);
 absl::StatusOr<int> DestCommand(const DestFlags& flags);
+// `keygen FILE`: writes a fresh 32-byte key, mode 0600, never over an existing file
+// (src/crypto/psk.h); prints where it went and how to share it. Errors name the file.
+absl::StatusOr<int> KeygenCommand(const std::string& path);
 
 }  // namespace lmig

@@ -97,6 +97,11 @@ int main(int argc, char** argv) {
   dst->add_option("--kvm", dst_flags.kvm_path, "KVM device")->default_val("/dev/kvm");
   AddOutgoingFlags(dst, dst_flags.outgoing, false);
 
+  std::string keygen_file;
+  CLI::App* keygen =
+      app.add_subcommand("keygen", "write a fresh migration key (mode 0600) to FILE");
+  keygen->add_option("FILE", keygen_file, "the new key file (must not exist)")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -118,6 +123,8 @@ int main(int argc, char** argv) {
     rc = lmig::RunCommand(run_flags);
   } else if (*src) {
     rc = lmig::SourceCommand(src_vm, src_flags);
+  } else if (*keygen) {
+    rc = lmig::KeygenCommand(keygen_file);
   } else {
     rc = lmig::DestCommand(dst_flags);
   }

@@ -106,6 +106,26 @@ class BadInput(unittest.TestCase):
         self.fails(["src", "--kernel", self.kernel, "--peer", "10.0.0.1:1", "--transport",
                     "carrier-pigeon"], "--transport", "carrier-pigeon")
 
+    def test_keygen_writes_a_private_key_once(self):
+        path = os.path.join(self.tmp.name, "migration.key")
+        p = subprocess.run([LMIG, "keygen", path], stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(len(p.stdout.strip().splitlines()), 1, p.stdout)
+        self.assertIn(path, p.stdout)
+        self.assertIn("--psk-file", p.stdout)
+        st = os.stat(path)
+        self.assertEqual(st.st_mode & 0o7777, 0o600)
+        self.assertEqual(st.st_size, 32)
+        with open(path, "rb") as f:
+            key = f.read()
+        # An existing file is never overwritten: one line, exit 1, the key unchanged.
+        self.fails(["keygen", path], f"key file {path}", "already exists", status=1)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), key)
+        self.fails(["keygen", os.path.join(self.tmp.name, "no", "dir", "k")], "No such file",
+                   status=1)
+
     def test_destination_refuses_a_stream_that_is_not_a_migration(self):
         # Something that is not lmig-rdma connects: the destination names the problem and
         # exits non-zero without resuming any guest.
