@@ -10,9 +10,21 @@
 //   src -> dst  kEndRound     EndRound: after every pre-copy round, and after the final one
 //   ...                       (more rounds)
 //   src -> dst  kDeviceState  the machine state blob (vCPUs, irqchips, PIT, clock, UART)
-//   src -> dst  kComplete     Complete: totals and, with --verify-memory, a digest of all RAM
-//   dst -> src  kAck          StatusMsg: the guest runs on dst now (or why it does not)
+//   src -> dst  kComplete     Complete: totals, a fresh random nonce and, with --verify-memory,
+//                             a digest of all RAM
+//   dst -> src  kAck          Ack: the guest runs on dst now; echoes COMPLETE's nonce, so an ACK
+//                             sent before the destination saw COMPLETE can never count
 //   either way  kAbort        StatusMsg: the sender of it gives up; the source keeps its guest
+//   src -> dst  kProgress     mid-round (arg = round, payload = u64 bytes sent so far in it)
+//
+// What each side accepts (anything else ends the migration, naming the message and the state):
+//   destination: HELLO first (within --timeout of the connection), then END_ROUND / PROGRESS
+//     (rounds numbered 1, 2, ... with the final one last; over TCP also PAGES, but only between
+//     HELLO_ACK and the final END_ROUND), then DEVICE_STATE, then COMPLETE; ABORT at any time.
+//   source: HELLO_ACK (or ABORT) after HELLO; then nothing but ACK (or ABORT) after COMPLETE.
+//     It never takes guest memory from the wire: a PAGES frame from the destination is refused.
+// Every payload has a per-type size bound (MaxPayload), checked on the header, before a byte
+// of it is read or allocated.
 //
 // Every message is a FrameHeader followed by `length` payload bytes. The header carries an
 // XXH32 of itself and an XXH3-64 of the payload (kPages frames, sent while the guest is running
@@ -31,8 +43,17 @@
 namespace lmig::proto {
 
 inline constexpr uint32_t kMagic = 0x47494d4c;  // "LMIG"
-inline constexpr uint32_t kVersion = 2;  // 2: PROGRESS
-inline constexpr uint64_t kMaxControlPayload = 64ull << 20;
+inline constexpr uint32_t kVersion = 3;  // 2: PROGRESS; 3: COMPLETE nonce echoed by ACK
+inline constexpr uint64_t kPageSize = 4096;
+inline constexpr uint32_t kMaxVcpus = 64;
+// Pre-copy rounds, final included: a source's --max-rounds is capped by this, and the
+// destination refuses a round number beyond it (its per-round statistics stay bounded).
+inline constexpr uint32_t kMaxRounds = 1000;
+// The machine state blob: 64 vCPUs of XSAVE (<= 16 KiB with AMX), MSRs, CPUID, LAPIC... fit.
+inline constexpr uint64_t kMaxDeviceState = 8ull << 20;
+// HELLO_ACK: a status and, over RDMA, the region table (one 32-byte entry per registered
+// chunk of at least 4 KiB... in practice per 1 GiB chunk; 64 Ki entries is ample).
+inline constexpr uint64_t kMaxHelloAck = 256 + 8 + (64ull << 10) * 32;
 
 enum class MsgType : uint16_t {
   kInvalid = 0,
@@ -71,6 +92,7 @@ enum class TransportKind : uint32_t { kInvalid = 0, kTcp = 1, kRdma = 2 };
 
 enum Features : uint32_t {
   kFeatureVerifyMemory = 1,
+  kKnownFeatures = kFeatureVerifyMemory,
 };
 
 struct Hello {
@@ -97,8 +119,9 @@ struct Complete {
   uint64_t total_pages;
   uint64_t memory_digest;  // XXH3-64 over all RAM, when kFeatureVerifyMemory
   uint64_t state_bytes;
+  uint64_t nonce;          // fresh from the OS CSPRNG for every COMPLETE; ACK echoes it
 };
-static_assert(sizeof(Complete) == 24);
+static_assert(sizeof(Complete) == 32);
 
 // Status carried by kHelloAck, kAck and kAbort: code 0 = OK, else an absl::StatusCode.
 struct StatusMsg {
@@ -108,10 +131,21 @@ struct StatusMsg {
 };
 static_assert(sizeof(StatusMsg) == 256);
 
+// The destination's answer to COMPLETE.
+struct Ack {
+  StatusMsg status;
+  uint64_t complete_nonce;  // Complete::nonce of the COMPLETE it answers
+  uint64_t total_pages;     // what the destination counted
+};
+static_assert(sizeof(Ack) == 272);
+
 // Builds a header for a payload (hashing it unless FLAGS has kNoPayloadHash).
 FrameHeader MakeHeader(MsgType type, uint64_t arg, std::span<const uint8_t> payload,
                        uint16_t flags = 0);
-// Checks magic, header hash, type and length bounds. Errors name what is wrong.
+// The largest payload a frame of TYPE may carry (kPages: unbounded here; the transport checks
+// it against guest memory).
+uint64_t MaxPayload(MsgType type);
+// Checks magic, header hash, type and the type's length bound. Errors name what is wrong.
 absl::Status CheckHeader(const FrameHeader& h);
 // Checks the payload hash of a received frame.
 absl::Status CheckPayload(const FrameHeader& h, std::span<const uint8_t> payload);
@@ -123,8 +157,17 @@ uint64_t KeyHash(const std::string& key);
 // XXH3-64 of the whole of MEM.
 uint64_t MemoryDigest(std::span<const uint8_t> mem);
 
-// Validates a Hello against what this build supports. Error names the field and both values.
-absl::Status CheckHello(const Hello& h, uint64_t expected_key_hash);
+// What a destination is willing to take on.
+struct HelloLimits {
+  uint64_t max_mem = 1ull << 40;  // bytes of guest memory
+  uint64_t expected_key_hash = 0;
+  TransportKind transport = TransportKind::kInvalid;  // kInvalid: any
+};
+// Validates a Hello against what this build supports and LIMITS allow. Error names the field
+// and both values.
+absl::Status CheckHello(const Hello& h, const HelloLimits& limits);
+// 8 bytes from the OS CSPRNG (getrandom).
+uint64_t RandomNonce();
 
 // Serializes a POD message.
 template <typename T>

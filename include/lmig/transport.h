@@ -44,14 +44,26 @@ class Transport {
  public:
   virtual ~Transport() = default;
   virtual proto::TransportKind kind() const = 0;
+  // The peer's address, for messages.
+  virtual const std::string& peer() const = 0;
 
   // Control channel.
   virtual absl::Status Send(proto::MsgType type, uint64_t arg,
                             std::span<const uint8_t> payload) = 0;
-  // Next control message. kPages frames never surface here: the transport puts their payload
-  // straight into the memory given to AttachMemory. Error on timeout, a broken link or a
-  // corrupt frame.
+  // Next control message. kPages frames never surface here: while AllowIncomingPages(true)
+  // the transport puts their payload straight into the memory given to AttachMemory, and
+  // refuses them otherwise. Error on timeout, the deadline, a broken link or a corrupt frame.
   virtual absl::StatusOr<proto::Message> Receive() = 0;
+
+  // Every blocking call fails with DeadlineExceeded once DEADLINE has passed, however the
+  // peer trickles bytes; absl::InfiniteFuture() lifts it. The per-call silence timeout
+  // (TransportOptions::timeout) applies as well. WHAT names the phase in the error.
+  virtual void SetDeadline(absl::Time deadline, std::string what) = 0;
+
+  // Destination: whether guest memory may be written from the wire now (TCP PAGES frames;
+  // RDMA has its own guard, remote-write registration). Off until called: a source never
+  // takes memory from the wire.
+  virtual void AllowIncomingPages(bool allow) {}
 
   // Both sides: the local guest memory. On the destination (RDMA) this registers it for remote
   // writes and returns the blob the source needs (regions and rkeys), sent in kHelloAck.
@@ -70,11 +82,13 @@ class Transport {
   virtual TransportStats stats() const = 0;
 };
 
-// Waits for one incoming migration.
+// Waits for incoming connections. Destroying it stops listening: later connection attempts
+// are refused at once.
 class Listener {
  public:
   virtual ~Listener() = default;
-  virtual absl::StatusOr<std::unique_ptr<Transport>> Accept() = 0;
+  // The next connection, or DeadlineExceeded at DEADLINE (absl::InfiniteFuture(): wait).
+  virtual absl::StatusOr<std::unique_ptr<Transport>> Accept(absl::Time deadline) = 0;
 };
 
 // Factories; HOST/ADDR are names or IPv4 addresses. Errors name the address.

@@ -40,6 +40,8 @@ struct SourceFlags {
   int downtime_target_ms = 50;
   std::string max_bandwidth = "0";
   int max_rounds = 30;
+  int retries = 0;          // further attempts after a failed migration
+  double retry_delay_s = 5;
   bool verify_memory = false;
   bool no_throttle = false;
 };
@@ -48,6 +50,8 @@ struct DestFlags {
   TransportFlags transport;
   std::string listen;
   std::string kvm_path = "/dev/kvm";
+  std::string max_mem;   // largest guest accepted; empty: this host's physical memory
+  int max_time_s = 0;    // bound on the whole incoming migration; 0: derived from its size
   // Optional onward migration once the guest runs here (e.g. ping-pong A -> B -> A):
   // outgoing.peer non-empty enables it; outgoing.transport is ignored (the incoming one is used).
   SourceFlags outgoing;

@@ -63,6 +63,11 @@ void AddOutgoingFlags(CLI::App* app, lmig::SourceFlags& f, bool source) {
                   "cap the migration rate, e.g. 100M (bytes/s); 0 = no cap")
       ->default_val("0");
   app->add_option("--max-rounds", f.max_rounds, "pre-copy round cap")->default_val(30);
+  app->add_option("--migrate-retries", f.retries,
+                  "after a failed migration, try again this many times (the guest runs on here)")
+      ->default_val(0);
+  app->add_option("--retry-delay", f.retry_delay_s, "seconds between a failure and its retry")
+      ->default_val(5);
   app->add_flag("--verify-memory", f.verify_memory,
                 "hash all guest memory on both sides at the end (adds downtime)");
   app->add_flag("--no-throttle", f.no_throttle, "never throttle vCPUs to force convergence");
@@ -95,6 +100,10 @@ int main(int argc, char** argv) {
   AddTransportFlags(dst, dst_flags.transport);
   dst->add_option("--listen", dst_flags.listen, "ADDR:PORT to listen on")->required();
   dst->add_option("--kvm", dst_flags.kvm_path, "KVM device")->default_val("/dev/kvm");
+  dst->add_option("--max-mem", dst_flags.max_mem,
+                  "refuse a guest larger than this (default: this host's memory)");
+  dst->add_option("--max-time", dst_flags.max_time_s,
+                  "seconds the whole incoming migration may take (default: 300 + 1 per 16 MiB)");
   AddOutgoingFlags(dst, dst_flags.outgoing, false);
 
   std::string keygen_file;

@@ -1,6 +1,9 @@
 // `src` and `dst`: a VM session plus the migration engine. The engine runs on its own thread
 // (with its transport's own io_uring) and reports back to the session's reactor with Post.
+#include <unistd.h>
+
 #include <cstdio>
+#include <functional>
 #include <thread>
 
 #include "absl/strings/str_format.h"
@@ -9,6 +12,7 @@
 #include "src/cli/commands.h"
 #include "src/cli/options.h"
 #include "src/cli/vm_setup.h"
+#include "src/migration/machine_vm.h"
 #include "src/migration/receiver.h"
 #include "src/migration/sender.h"
 
@@ -68,9 +72,19 @@ class OutgoingMigration {
     opts_.policy.max_rounds = flags_.max_rounds;
     opts_.policy.allow_throttle = !flags_.no_throttle;
     opts_.verify_memory = flags_.verify_memory;
+    if (flags_.retries < 0 || flags_.retry_delay_s < 0) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "--migrate-retries %d / --retry-delay %g: must not be negative", flags_.retries,
+          flags_.retry_delay_s));
+    }
+    if (flags_.max_rounds >= static_cast<int>(proto::kMaxRounds)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "--max-rounds %d: at most %d", flags_.max_rounds, proto::kMaxRounds - 1));
+    }
     opts_.key = flags_.transport.key;
     kind_ = KindOf(flags_.transport.transport);
     ASSIGN_OR_RETURN(topts_, OptionsOf(flags_.transport));
+    opts_.phase_timeout = topts_.timeout;
     opts_.max_run_bytes =
         kind_ == proto::TransportKind::kRdma ? topts_.max_write_bytes : (1 << 20);
     return absl::OkStatus();
@@ -131,10 +145,12 @@ class OutgoingMigration {
   }
 
   void Start() {
-    if (started_) {
+    if (started_ || worker_.joinable() || migrated_) {
       return;
     }
     started_ = true;
+    ++attempts_;
+    stats_ = MigrationStats();
     Progress(absl::StrFormat("migrating to %s over %s", flags_.peer, flags_.transport.transport));
     worker_ = std::thread([this] {
       absl::Status result;
@@ -164,6 +180,17 @@ class OutgoingMigration {
       failed_ = true;
       Progress(absl::StrFormat("migration failed: %s; the guest keeps running here",
                                result.message()));
+      if (attempts_ <= flags_.retries) {
+        rt_->reactor->Timeout(absl::Seconds(flags_.retry_delay_s), [this](int, uint32_t) {
+          if (!migrated_ && !worker_.joinable()) {
+            Progress(absl::StrFormat("retrying the migration (attempt %d of %d)", attempts_ + 1,
+                                     flags_.retries + 1));
+            failed_ = false;
+            started_ = false;
+            Start();
+          }
+        });
+      }
     }
   }
 
@@ -177,6 +204,7 @@ class OutgoingMigration {
   std::thread worker_;
   MigrationStats stats_;
   bool started_ = false, migrated_ = false, failed_ = false;
+  int attempts_ = 0;
 };
 
 absl::StatusOr<int> SourceCommand(const VmFlags& vm, const SourceFlags& flags) {
@@ -193,50 +221,112 @@ absl::StatusOr<int> SourceCommand(const VmFlags& vm, const SourceFlags& flags) {
   return out.Finish(e);
 }
 
+namespace {
+
+absl::StatusOr<uint64_t> MaxMemOf(const std::string& flag) {
+  if (!flag.empty()) {
+    return ParseSize("--max-mem", flag);
+  }
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) {
+    return ErrnoStatus("sysconf(_SC_PHYS_PAGES)");
+  }
+  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
+}
+
+}  // namespace
+
 absl::StatusOr<int> DestCommand(const DestFlags& flags) {
   ASSIGN_OR_RETURN(HostPort where, ParseHostPort("--listen", flags.listen));
   if (!flags.outgoing.peer.empty()) {
     RETURN_IF_ERROR(ParseHostPort("--peer", flags.outgoing.peer).status());
     RETURN_IF_ERROR(ParseRate("--max-bandwidth", flags.outgoing.max_bandwidth).status());
   }
+  if (flags.max_time_s < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--max-time %d: must be positive (or 0: derived)", flags.max_time_s));
+  }
   const proto::TransportKind kind = KindOf(flags.transport.transport);
   ASSIGN_OR_RETURN(TransportOptions topts, OptionsOf(flags.transport));
+  ReceiverOptions ropts;
+  ropts.key = flags.transport.key;
+  ASSIGN_OR_RETURN(ropts.max_mem, MaxMemOf(flags.max_mem));
+  ropts.phase_timeout = topts.timeout;
+  ropts.hello_timeout = std::min(topts.timeout, absl::Seconds(10));
+  ropts.max_time = absl::Seconds(flags.max_time_s);
   ASSIGN_OR_RETURN(auto listener, ListenTransport(kind, where.host, where.port, topts));
   std::fprintf(stderr, "lmig-rdma dst: listening on %s (%s)\n", flags.listen.c_str(),
                flags.transport.transport.c_str());
-  ASSIGN_OR_RETURN(auto transport, listener->Accept());
   std::unique_ptr<VmRuntime> rt;
+  std::unique_ptr<MachineVm> vm;
   std::unique_ptr<OutgoingMigration> onward;
   SourceFlags out_flags = flags.outgoing;
   // Onward migration uses the same transport settings; only the stats file is its own.
   const std::string onward_stats = out_flags.transport.stats_json;
   out_flags.transport = flags.transport;
   out_flags.transport.stats_json = onward_stats;
+  auto create = [&](const proto::Hello& h) -> absl::StatusOr<IncomingVm*> {
+    MachineConfig c;
+    c.mem_size = h.mem_size;
+    c.num_cpus = static_cast<int>(h.num_cpus);
+    c.dirty_mode = h.dirty_mode == 2 ? DirtyMode::kBitmap : DirtyMode::kRing;
+    c.kvm_path = flags.kvm_path;
+    ASSIGN_OR_RETURN(rt, VmRuntime::Create(c));
+    vm = std::make_unique<MachineVm>(rt->machine.get(), [&](Machine* m) -> absl::Status {
+      if (!out_flags.peer.empty()) {
+        onward = std::make_unique<OutgoingMigration>(rt.get(), out_flags, "dst");
+        RETURN_IF_ERROR(onward->Prepare());
+        onward->ArmWatcher();
+      }
+      RETURN_IF_ERROR(rt->session->Start());
+      return m->Start();
+    });
+    return vm.get();
+  };
+  auto progress = [](const std::string& line) {
+    std::fprintf(stderr, "lmig-rdma dst: %s\n", line.c_str());
+  };
+  // Strangers do not end a waiting destination: a connection that fails the handshake is
+  // dropped and the destination listens on, until --timeout passes without a valid source.
   MigrationStats stats;
-  MigrationReceiver receiver(
-      transport.get(), flags.transport.key,
-      [&](const proto::Hello& h) -> absl::StatusOr<Machine*> {
-        MachineConfig c;
-        c.mem_size = h.mem_size;
-        c.num_cpus = static_cast<int>(h.num_cpus);
-        c.dirty_mode = h.dirty_mode == 2 ? DirtyMode::kBitmap : DirtyMode::kRing;
-        c.kvm_path = flags.kvm_path;
-        ASSIGN_OR_RETURN(rt, VmRuntime::Create(c));
-        return rt->machine.get();
-      },
-      [&](Machine* m) -> absl::Status {
-        if (!out_flags.peer.empty()) {
-          onward = std::make_unique<OutgoingMigration>(rt.get(), out_flags, "dst");
-          RETURN_IF_ERROR(onward->Prepare());
-          onward->ArmWatcher();
-        }
-        RETURN_IF_ERROR(rt->session->Start());
-        return m->Start();
-      },
-      [](const std::string& line) { std::fprintf(stderr, "lmig-rdma dst: %s\n", line.c_str()); });
-  absl::Status s = receiver.Run(stats);
-  transport.reset();
+  std::unique_ptr<Transport> transport;
+  std::unique_ptr<MigrationReceiver> receiver;
+  absl::Time give_up = absl::InfiniteFuture();
+  absl::Status last_refusal;
+  for (;;) {
+    auto t = listener->Accept(give_up);
+    if (!t.ok()) {
+      if (!last_refusal.ok() && absl::IsDeadlineExceeded(t.status())) {
+        Report("dst", stats, flags.transport.stats_json);
+        return Annotate(last_refusal,
+                        absl::StrFormat("dst: no valid source within %d s of the last refused "
+                                        "connection, no guest resumed; last refusal",
+                                        flags.transport.timeout_s));
+      }
+      return Annotate(t.status(), "dst: waiting for the source");
+    }
+    stats = MigrationStats();
+    auto r = std::make_unique<MigrationReceiver>(t->get(), ropts, create, progress);
+    absl::Status hs = r->Handshake(stats);
+    if (hs.ok()) {
+      transport = std::move(*t);
+      receiver = std::move(r);
+      break;
+    }
+    progress(absl::StrFormat("refused a connection from %s: %s; listening on", (*t)->peer(),
+                             hs.message()));
+    last_refusal = hs;
+    vm.reset();
+    rt.reset();
+    if (give_up == absl::InfiniteFuture()) {
+      give_up = absl::Now() + topts.timeout;
+    }
+  }
+  // One migration at a time: from here on, connection attempts are refused at once.
   listener.reset();
+  absl::Status s = receiver->Run(stats);
+  receiver.reset();
+  transport.reset();
   Report("dst", stats, flags.transport.stats_json);
   if (!s.ok()) {
     return Annotate(s, "dst: migration failed, no guest resumed");

@@ -691,7 +691,11 @@ absl::Status DirtyLog::SetLogging(bool on) {
 absl::Status DirtyLog::Start() {
   std::lock_guard<std::mutex> lock(mu_);
   pending_ = PageBitmap(m_->memory_.num_pages());
-  fetch_index_.assign(m_->vcpus_.size(), 0);
+  // The ring's fetch index is KVM's position, kept across a stop and a restart (a retried
+  // migration): starting again from 0 would read reset entries and harvest nothing.
+  if (fetch_index_.size() != m_->vcpus_.size()) {
+    fetch_index_.assign(m_->vcpus_.size(), 0);
+  }
   RETURN_IF_ERROR(SetLogging(true));
   active_ = true;
   if (m_->config_.dirty_mode == DirtyMode::kBitmap) {

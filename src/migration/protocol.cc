@@ -1,7 +1,9 @@
 #include "include/lmig/protocol.h"
 
+#include <sys/random.h>
 #include <xxhash.h>
 
+#include <cerrno>
 #include <cstring>
 
 #include "absl/strings/str_format.h"
@@ -42,6 +44,21 @@ FrameHeader MakeHeader(MsgType type, uint64_t arg, std::span<const uint8_t> payl
   return h;
 }
 
+uint64_t MaxPayload(MsgType type) {
+  switch (type) {
+    case MsgType::kHello: return sizeof(Hello);
+    case MsgType::kHelloAck: return kMaxHelloAck;
+    case MsgType::kPages: return UINT64_MAX;
+    case MsgType::kEndRound: return sizeof(EndRound);
+    case MsgType::kDeviceState: return kMaxDeviceState;
+    case MsgType::kComplete: return sizeof(Complete);
+    case MsgType::kAck: return sizeof(Ack);
+    case MsgType::kAbort: return sizeof(StatusMsg);
+    case MsgType::kProgress: return sizeof(uint64_t);
+    default: return 0;
+  }
+}
+
 absl::Status CheckHeader(const FrameHeader& h) {
   if (h.magic != kMagic) {
     return absl::DataLossError(absl::StrFormat(
@@ -56,10 +73,16 @@ absl::Status CheckHeader(const FrameHeader& h) {
   if (h.type == 0 || h.type > static_cast<uint16_t>(MsgType::kProgress)) {
     return absl::DataLossError(absl::StrFormat("corrupt stream: unknown message type %d", h.type));
   }
-  if (static_cast<MsgType>(h.type) != MsgType::kPages && h.length > kMaxControlPayload) {
-    return absl::DataLossError(absl::StrFormat("corrupt stream: %s payload of %d bytes",
-                                               MsgTypeName(static_cast<MsgType>(h.type)),
-                                               h.length));
+  const MsgType type = static_cast<MsgType>(h.type);
+  if (h.length > MaxPayload(type)) {
+    return absl::DataLossError(absl::StrFormat(
+        "corrupt stream: %s payload of %d bytes, at most %d allowed", MsgTypeName(type),
+        h.length, MaxPayload(type)));
+  }
+  if ((h.flags & ~static_cast<uint16_t>(kNoPayloadHash)) != 0 ||
+      ((h.flags & kNoPayloadHash) && type != MsgType::kPages)) {
+    return absl::DataLossError(absl::StrFormat("corrupt stream: %s frame with flags 0x%x",
+                                               MsgTypeName(type), h.flags));
   }
   return absl::OkStatus();
 }
@@ -103,7 +126,23 @@ uint64_t MemoryDigest(std::span<const uint8_t> mem) {
   return XXH3_64bits(mem.data(), mem.size());
 }
 
-absl::Status CheckHello(const Hello& h, uint64_t expected_key_hash) {
+uint64_t RandomNonce() {
+  uint64_t v = 0;
+  auto* p = reinterpret_cast<uint8_t*>(&v);
+  size_t got = 0;
+  while (got < sizeof(v)) {
+    const ssize_t n = ::getrandom(p + got, sizeof(v) - got, 0);
+    if (n > 0) {
+      got += static_cast<size_t>(n);
+    } else if (errno != EINTR) {
+      // getrandom(2) cannot fail on a kernel that has it once the pool is up.
+      std::abort();
+    }
+  }
+  return v;
+}
+
+absl::Status CheckHello(const Hello& h, const HelloLimits& limits) {
   if (h.version != kVersion) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "protocol version mismatch: source speaks %d, this destination %d", h.version, kVersion));
@@ -112,13 +151,33 @@ absl::Status CheckHello(const Hello& h, uint64_t expected_key_hash) {
     return absl::FailedPreconditionError(
         absl::StrFormat("page size mismatch: source %d, destination 4096", h.page_size));
   }
-  if (h.mem_size == 0 || h.mem_size % 4096 != 0 || h.mem_size > (1ull << 40)) {
-    return absl::InvalidArgumentError(absl::StrFormat("bad memory size %d", h.mem_size));
+  if (h.mem_size == 0 || h.mem_size % kPageSize != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("bad memory size %d (not a positive multiple of 4 KiB)", h.mem_size));
   }
-  if (h.num_cpus < 1 || h.num_cpus > 64) {
-    return absl::InvalidArgumentError(absl::StrFormat("bad vCPU count %d", h.num_cpus));
+  if (h.mem_size > limits.max_mem) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "the source's guest has %d MiB of memory, this destination takes at most %d MiB "
+        "(--max-mem)", h.mem_size >> 20, limits.max_mem >> 20));
   }
-  if (h.key_hash != expected_key_hash) {
+  if (h.num_cpus < 1 || h.num_cpus > kMaxVcpus) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("bad vCPU count %d (1..%d)", h.num_cpus, kMaxVcpus));
+  }
+  if ((h.features & ~static_cast<uint32_t>(kKnownFeatures)) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("unknown feature bits 0x%x in HELLO", h.features & ~kKnownFeatures));
+  }
+  if (h.dirty_mode != 1 && h.dirty_mode != 2) {
+    return absl::InvalidArgumentError(absl::StrFormat("bad dirty mode %d", h.dirty_mode));
+  }
+  if (limits.transport != TransportKind::kInvalid &&
+      h.transport != static_cast<uint32_t>(limits.transport)) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "transport mismatch: the source says %d, this destination listens on %d", h.transport,
+        static_cast<uint32_t>(limits.transport)));
+  }
+  if (h.key_hash != limits.expected_key_hash) {
     return absl::PermissionDeniedError(
         "wrong key: the source's --key does not match this destination's");
   }

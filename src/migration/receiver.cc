@@ -7,10 +7,13 @@
 
 namespace lmig {
 
+using proto::MsgType;
+
 const char* MigrationReceiver::StateName(State s) {
   switch (s) {
     case State::kAwaitHello: return "awaiting HELLO";
-    case State::kReceiving: return "receiving memory";
+    case State::kRound: return "receiving memory";
+    case State::kAwaitState: return "awaiting DEVICE_STATE after the final round";
     case State::kHaveState: return "holding device state";
     case State::kDone: return "done";
     case State::kFailed: return "failed";
@@ -18,24 +21,29 @@ const char* MigrationReceiver::StateName(State s) {
   }
 }
 
-MigrationReceiver::MigrationReceiver(Transport* t, std::string key, CreateMachineFn create,
-                                     ResumeFn resume, ProgressFn progress)
-    : t_(t), key_(std::move(key)), create_(std::move(create)), resume_(std::move(resume)),
+absl::Duration MaxTimeFor(uint64_t mem_bytes) {
+  return absl::Minutes(5) + absl::Seconds(static_cast<double>(mem_bytes >> 24));
+}
+
+MigrationReceiver::MigrationReceiver(Transport* t, ReceiverOptions opts, CreateVmFn create,
+                                     ProgressFn progress)
+    : t_(t), opts_(std::move(opts)), create_(std::move(create)),
       progress_(std::move(progress)) {}
 
 absl::Status MigrationReceiver::OnHello(const proto::Message& m) {
   ASSIGN_OR_RETURN(hello_, proto::Parse<proto::Hello>(m.payload, m.type));
-  absl::Status s = proto::CheckHello(hello_, proto::KeyHash(key_));
-  if (s.ok() && hello_.transport != static_cast<uint32_t>(t_->kind())) {
-    s = absl::FailedPreconditionError("transport mismatch");
-  }
+  proto::HelloLimits limits;
+  limits.max_mem = opts_.max_mem;
+  limits.expected_key_hash = proto::KeyHash(opts_.key);
+  limits.transport = t_->kind();
+  absl::Status s = proto::CheckHello(hello_, limits);
   std::vector<uint8_t> blob;
   if (s.ok()) {
-    auto machine = create_(hello_);
-    s = machine.status();
+    auto vm = create_(hello_);
+    s = vm.status();
     if (s.ok()) {
-      machine_ = *machine;
-      auto b = t_->AttachMemory(machine_->memory().base(), machine_->memory().size());
+      vm_ = *vm;
+      auto b = t_->AttachMemory(vm_->memory().data(), vm_->memory().size());
       s = b.status();
       if (s.ok()) {
         blob = std::move(*b);
@@ -44,13 +52,91 @@ absl::Status MigrationReceiver::OnHello(const proto::Message& m) {
   }
   std::vector<uint8_t> ack = proto::Bytes(proto::MakeStatusMsg(s));
   ack.insert(ack.end(), blob.begin(), blob.end());
-  RETURN_IF_ERROR(t_->Send(proto::MsgType::kHelloAck, 0, ack));
+  RETURN_IF_ERROR(t_->Send(MsgType::kHelloAck, 0, ack));
   if (!s.ok()) {
     return Annotate(s, "refused the migration");
   }
   progress_(absl::StrFormat("incoming migration: %d MiB, %d vCPUs", hello_.mem_size >> 20,
                             hello_.num_cpus));
-  state_ = State::kReceiving;
+  const absl::Duration max_time =
+      opts_.max_time > absl::ZeroDuration() ? opts_.max_time : MaxTimeFor(hello_.mem_size);
+  migration_deadline_ = start_ + max_time;
+  t_->SetDeadline(migration_deadline_, "the migration");
+  t_->AllowIncomingPages(true);
+  round_data_start_ = t_->stats().data_bytes;
+  state_ = State::kRound;
+  return absl::OkStatus();
+}
+
+absl::Status MigrationReceiver::OnProgress(const proto::Message& m) {
+  ASSIGN_OR_RETURN(uint64_t bytes, proto::Parse<uint64_t>(m.payload, m.type));
+  if (m.arg != next_round_) {
+    return absl::DataLossError(absl::StrFormat(
+        "PROGRESS for round %d while receiving round %d", m.arg, next_round_));
+  }
+  if (bytes < round_progress_ || bytes > hello_.mem_size) {
+    return absl::DataLossError(absl::StrFormat(
+        "PROGRESS of round %d claims %d bytes (before: %d, guest memory %d)", next_round_,
+        bytes, round_progress_, hello_.mem_size));
+  }
+  round_progress_ = bytes;
+  return absl::OkStatus();  // receiving it was the point: the source is alive
+}
+
+absl::Status MigrationReceiver::OnEndRound(const proto::Message& m, MigrationStats& stats) {
+  ASSIGN_OR_RETURN(proto::EndRound er, proto::Parse<proto::EndRound>(m.payload, m.type));
+  const uint64_t num_pages = hello_.mem_size / proto::kPageSize;
+  if (er.round != next_round_ || er.round > proto::kMaxRounds) {
+    return absl::DataLossError(absl::StrFormat(
+        "END_ROUND for round %d, expected round %d (at most %d)", er.round, next_round_,
+        proto::kMaxRounds));
+  }
+  if (er.final_round > 1 || er.pages > num_pages || er.bytes != er.pages * proto::kPageSize) {
+    return absl::DataLossError(absl::StrFormat(
+        "END_ROUND %d is inconsistent: %d pages, %d bytes, final=%d, guest has %d pages",
+        er.round, er.pages, er.bytes, er.final_round, num_pages));
+  }
+  if (er.bytes < round_progress_) {
+    return absl::DataLossError(absl::StrFormat(
+        "END_ROUND %d announces %d bytes, its PROGRESS claimed %d", er.round, er.bytes,
+        round_progress_));
+  }
+  if (t_->kind() == proto::TransportKind::kTcp) {
+    // Over TCP every byte of the round came through here: the marker must match it.
+    const uint64_t got = t_->stats().data_bytes - round_data_start_;
+    if (got != er.bytes) {
+      return absl::DataLossError(absl::StrFormat(
+          "END_ROUND %d announces %d bytes of pages, %d arrived", er.round, er.bytes, got));
+    }
+  }
+  pages_announced_ += er.pages;
+  stats.rounds = static_cast<int>(er.round);
+  stats.pages_sent = pages_announced_;
+  RoundStats rs;
+  rs.round = static_cast<int>(er.round);
+  rs.dirty_pages = er.pages;
+  rs.bytes = er.bytes;
+  rs.final_round = er.final_round != 0;
+  stats.per_round.push_back(rs);
+  progress_(absl::StrFormat("round %d%s received: %d pages", er.round,
+                            er.final_round ? " (final)" : "", er.pages));
+  ++next_round_;
+  round_progress_ = 0;
+  round_data_start_ = t_->stats().data_bytes;
+  if (er.final_round) {
+    // No guest memory from the wire any more; state and completion follow promptly.
+    t_->AllowIncomingPages(false);
+    t_->SetDeadline(std::min(migration_deadline_, absl::Now() + opts_.phase_timeout),
+                    "stop-and-copy");
+    state_ = State::kAwaitState;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MigrationReceiver::OnDeviceState(const proto::Message& m) {
+  RETURN_IF_ERROR(Annotate(vm_->CheckState(m.payload), "DEVICE_STATE refused"));
+  device_state_ = m.payload;
+  state_ = State::kHaveState;
   return absl::OkStatus();
 }
 
@@ -66,8 +152,7 @@ absl::Status MigrationReceiver::OnComplete(const proto::Message& m, MigrationSta
         "COMPLETE announces %d pages, the rounds announced %d", c.total_pages, pages_announced_));
   }
   if (hello_.features & proto::kFeatureVerifyMemory) {
-    const uint64_t digest =
-        proto::MemoryDigest({machine_->memory().base(), machine_->memory().size()});
+    const uint64_t digest = proto::MemoryDigest(vm_->memory());
     if (digest != c.memory_digest) {
       return absl::DataLossError(absl::StrFormat(
           "memory digest mismatch: source 0x%016x, destination 0x%016x", c.memory_digest,
@@ -76,20 +161,25 @@ absl::Status MigrationReceiver::OnComplete(const proto::Message& m, MigrationSta
     progress_("memory digest verified");
   }
   t_->RevokeRemoteAccess();
-  RETURN_IF_ERROR(Annotate(machine_->RestoreState(device_state_), "restoring device state"));
-  RETURN_IF_ERROR(Annotate(resume_(machine_), "resuming the guest"));
+  RETURN_IF_ERROR(Annotate(vm_->RestoreAndResume(device_state_), "resuming the guest"));
   state_ = State::kDone;
   stats.state_bytes = device_state_.size();
-  RETURN_IF_ERROR(
-      t_->Send(proto::MsgType::kAck, 0, proto::Bytes(proto::MakeStatusMsg(absl::OkStatus()))));
+  proto::Ack ack{};
+  ack.status = proto::MakeStatusMsg(absl::OkStatus());
+  ack.complete_nonce = c.nonce;
+  ack.total_pages = pages_announced_;
+  RETURN_IF_ERROR(t_->Send(MsgType::kAck, 0, proto::Bytes(ack)));
   return absl::OkStatus();
 }
 
 absl::Status MigrationReceiver::Handle(const proto::Message& m, MigrationStats& stats) {
-  using proto::MsgType;
   if (m.type == MsgType::kAbort) {
     auto st = proto::Parse<proto::StatusMsg>(m.payload, m.type);
-    return Annotate(st.ok() ? proto::StatusFromMsg(*st) : st.status(), "the source aborted");
+    absl::Status why = st.ok() ? proto::StatusFromMsg(*st) : st.status();
+    if (why.ok()) {
+      why = absl::AbortedError("no reason given");
+    }
+    return Annotate(why, "the source aborted");
   }
   switch (state_) {
     case State::kAwaitHello:
@@ -97,29 +187,17 @@ absl::Status MigrationReceiver::Handle(const proto::Message& m, MigrationStats& 
         return OnHello(m);
       }
       break;
-    case State::kReceiving:
+    case State::kRound:
       if (m.type == MsgType::kEndRound) {
-        ASSIGN_OR_RETURN(proto::EndRound er, proto::Parse<proto::EndRound>(m.payload, m.type));
-        pages_announced_ += er.pages;
-        stats.rounds = static_cast<int>(er.round);
-        stats.pages_sent = pages_announced_;
-        RoundStats rs;
-        rs.round = static_cast<int>(er.round);
-        rs.dirty_pages = er.pages;
-        rs.bytes = er.bytes;
-        rs.final_round = er.final_round != 0;
-        stats.per_round.push_back(rs);
-        progress_(absl::StrFormat("round %d%s received: %d pages", er.round,
-                                  er.final_round ? " (final)" : "", er.pages));
-        return absl::OkStatus();
+        return OnEndRound(m, stats);
       }
       if (m.type == MsgType::kProgress) {
-        return absl::OkStatus();  // receiving it was the point: the source is alive
+        return OnProgress(m);
       }
+      break;
+    case State::kAwaitState:
       if (m.type == MsgType::kDeviceState) {
-        device_state_ = m.payload;
-        state_ = State::kHaveState;
-        return absl::OkStatus();
+        return OnDeviceState(m);
       }
       break;
     case State::kHaveState:
@@ -134,10 +212,55 @@ absl::Status MigrationReceiver::Handle(const proto::Message& m, MigrationStats& 
                                              proto::MsgTypeName(m.type), StateName(state_)));
 }
 
-absl::Status MigrationReceiver::Run(MigrationStats& stats) {
-  const absl::Time start = absl::Now();
+void MigrationReceiver::Finish(MigrationStats& stats) {
+  stats.total_time_ms = absl::ToDoubleMilliseconds(absl::Now() - start_);
+  const TransportStats ts = t_->stats();
+  // RDMA WRITEs land without the destination seeing them: count the pages announced.
+  stats.transferred_bytes =
+      std::max<uint64_t>(ts.data_bytes, stats.pages_sent * proto::kPageSize) + ts.control_bytes;
+  stats.registration_ms = ts.registration_ms;
+}
+
+absl::Status MigrationReceiver::Fail(absl::Status s, MigrationStats& stats) {
+  state_ = State::kFailed;
+  t_->AllowIncomingPages(false);
+  Finish(stats);
+  stats.status = "failed";
+  stats.error = std::string(s.message());
+  // Best effort and short: the link may be what failed.
+  t_->SetDeadline(absl::Now() + absl::Seconds(2), "sending ABORT");
+  (void)t_->Send(MsgType::kAbort, 0, proto::Bytes(proto::MakeStatusMsg(s)));
+  return s;
+}
+
+absl::Status MigrationReceiver::Handshake(MigrationStats& stats) {
+  start_ = absl::Now();
   stats.role = "destination";
   stats.transport = t_->kind() == proto::TransportKind::kRdma ? "rdma" : "tcp";
+  if (state_ != State::kAwaitHello) {
+    return absl::FailedPreconditionError("handshake: already done");
+  }
+  // The whole HELLO must arrive by then, however it is trickled.
+  t_->SetDeadline(start_ + opts_.hello_timeout, "the HELLO");
+  auto m = t_->Receive();
+  if (!m.ok()) {
+    return Fail(Annotate(m.status(), "while awaiting HELLO"), stats);
+  }
+  if (m->type != MsgType::kHello) {
+    return Fail(absl::DataLossError(absl::StrFormat("expected HELLO, got %s",
+                                                    proto::MsgTypeName(m->type))),
+                stats);
+  }
+  if (absl::Status s = OnHello(*m); !s.ok()) {
+    return Fail(s, stats);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MigrationReceiver::Run(MigrationStats& stats) {
+  if (state_ != State::kRound) {
+    return absl::FailedPreconditionError("receiving: no handshake");
+  }
   absl::Status s;
   while (state_ != State::kDone) {
     auto m = t_->Receive();
@@ -150,20 +273,12 @@ absl::Status MigrationReceiver::Run(MigrationStats& stats) {
       break;
     }
   }
-  stats.total_time_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
-  const TransportStats ts = t_->stats();
-  // RDMA WRITEs land without the destination seeing them: count the pages announced.
-  stats.transferred_bytes =
-      std::max<uint64_t>(ts.data_bytes, stats.pages_sent * GuestMemory::kPageSize) + ts.control_bytes;
-  stats.registration_ms = ts.registration_ms;
-  if (s.ok()) {
-    stats.status = "completed";
-    return s;
+  if (!s.ok()) {
+    return Fail(s, stats);
   }
-  state_ = State::kFailed;
-  stats.status = "failed";
-  stats.error = std::string(s.message());
-  (void)t_->Send(proto::MsgType::kAbort, 0, proto::Bytes(proto::MakeStatusMsg(s)));
+  t_->SetDeadline(absl::InfiniteFuture(), "");
+  Finish(stats);
+  stats.status = "completed";
   return s;
 }
 

@@ -1,60 +1,103 @@
-// The destination side: an explicit state machine over the control messages.
+// The destination side: an explicit state machine over the control messages. It trusts
+// nothing from the wire: each message is accepted only in the state that allows it, with every
+// count and total checked against what actually arrived, and every phase has a deadline.
 //
-//   kAwaitHello --HELLO--> (create the VM, attach memory, HELLO_ACK) --> kReceiving
-//   kReceiving  --END_ROUND--> kReceiving    --DEVICE_STATE--> kHaveState
-//   kHaveState  --COMPLETE--> (verify, restore, resume vCPUs, ACK) --> kDone
+//   kAwaitHello --HELLO--> (check limits, create the VM, attach memory, HELLO_ACK) --> kRound
+//   kRound      --PROGRESS (this round)--> kRound
+//               --END_ROUND n (n = expected round)--> kRound, or kAwaitState if final
+//   kAwaitState --DEVICE_STATE (validated at once)--> kHaveState
+//   kHaveState  --COMPLETE--> (totals, digest, restore, resume vCPUs, ACK) --> kDone
 //   any state   --ABORT--> failed;  anything else --> failed, naming the message and the state
 //
-// The guest is resumed only from a complete, verified state; otherwise the destination exits
-// non-zero and the source keeps its guest.
+// Deadlines: HELLO within ReceiverOptions::hello_timeout of the connection; the whole
+// migration within max_time (PROGRESS cannot stretch it); from the final END_ROUND to
+// COMPLETE within phase_timeout. The guest is resumed only from a complete, validated state;
+// otherwise the destination exits non-zero and the source keeps its guest.
 #pragma once
 
 #include <functional>
+#include <span>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "include/lmig/protocol.h"
 #include "include/lmig/transport.h"
-#include "src/machine/machine.h"
 #include "src/migration/stats.h"
 
 namespace lmig {
 
+// What the receiver needs of the machine it fills (a Machine in the VMM; a plain buffer in
+// the fuzzer and the unit tests).
+class IncomingVm {
+ public:
+  virtual ~IncomingVm() = default;
+  // The guest's RAM, which the transport fills.
+  virtual std::span<uint8_t> memory() = 0;
+  // Validates a device-state blob without touching the VM. Error names the record.
+  virtual absl::Status CheckState(std::span<const uint8_t> blob) = 0;
+  // Loads the (validated) state and starts the vCPUs.
+  virtual absl::Status RestoreAndResume(std::span<const uint8_t> blob) = 0;
+};
+
+struct ReceiverOptions {
+  std::string key;
+  uint64_t max_mem = 1ull << 40;                  // --max-mem
+  absl::Duration hello_timeout = absl::Seconds(10);
+  absl::Duration phase_timeout = absl::Seconds(30);  // final round -> COMPLETE
+  // The whole migration; zero: derived from the announced memory (MaxTimeFor).
+  absl::Duration max_time = absl::ZeroDuration();
+};
+
+// The default bound on a whole incoming migration of MEM_BYTES: 5 minutes plus one second
+// per 16 MiB (a link slower than 128 Mbit/s on average needs --max-time).
+absl::Duration MaxTimeFor(uint64_t mem_bytes);
+
 class MigrationReceiver {
  public:
-  enum class State { kInvalid = 0, kAwaitHello, kReceiving, kHaveState, kDone, kFailed };
+  enum class State {
+    kInvalid = 0, kAwaitHello, kRound, kAwaitState, kHaveState, kDone, kFailed
+  };
   static const char* StateName(State s);
 
-  // Creates the machine for a validated Hello (memory and vCPUs as the source has them).
-  using CreateMachineFn = std::function<absl::StatusOr<Machine*>(const proto::Hello&)>;
-  // Starts the restored machine (console session, vCPU threads).
-  using ResumeFn = std::function<absl::Status(Machine*)>;
+  // Creates the VM for a validated Hello (memory and vCPUs as the source has them).
+  using CreateVmFn = std::function<absl::StatusOr<IncomingVm*>(const proto::Hello&)>;
   using ProgressFn = std::function<void(const std::string&)>;
 
-  MigrationReceiver(Transport* t, std::string key, CreateMachineFn create, ResumeFn resume,
-                    ProgressFn progress);
+  MigrationReceiver(Transport* t, ReceiverOptions opts, CreateVmFn create, ProgressFn progress);
 
-  // Runs the state machine to kDone (the guest runs here) or an error (an ABORT was sent when
-  // the link still works).
+  // Waits for a valid HELLO (by hello_timeout) and answers it. After an error the connection
+  // is worthless (an ABORT was sent when the link still works); the VM was not created unless
+  // the HELLO was valid.
+  absl::Status Handshake(MigrationStats& stats);
+  // After Handshake: runs the state machine to kDone (the guest runs here) or an error.
   absl::Status Run(MigrationStats& stats);
   State state() const { return state_; }
 
  private:
   absl::Status Handle(const proto::Message& m, MigrationStats& stats);
   absl::Status OnHello(const proto::Message& m);
+  absl::Status OnEndRound(const proto::Message& m, MigrationStats& stats);
+  absl::Status OnProgress(const proto::Message& m);
+  absl::Status OnDeviceState(const proto::Message& m);
   absl::Status OnComplete(const proto::Message& m, MigrationStats& stats);
+  absl::Status Fail(absl::Status s, MigrationStats& stats);
+  void Finish(MigrationStats& stats);
 
   Transport* t_;
-  std::string key_;
-  CreateMachineFn create_;
-  ResumeFn resume_;
+  ReceiverOptions opts_;
+  CreateVmFn create_;
   ProgressFn progress_;
   State state_ = State::kAwaitHello;
-  Machine* machine_ = nullptr;
+  IncomingVm* vm_ = nullptr;
   proto::Hello hello_{};
   std::vector<uint8_t> device_state_;
+  uint32_t next_round_ = 1;
   uint64_t pages_announced_ = 0;
-  absl::Time last_round_at_;
+  uint64_t round_data_start_ = 0;     // transport data bytes when the round began (TCP)
+  uint64_t round_progress_ = 0;       // bytes the last PROGRESS of this round claimed
+  absl::Time start_;
+  absl::Time migration_deadline_ = absl::InfiniteFuture();
 };
 
 }  // namespace lmig

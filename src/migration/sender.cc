@@ -76,10 +76,13 @@ absl::Status MigrationSender::Handshake() {
   h.transport = static_cast<uint32_t>(t_->kind());
   h.dirty_mode = m_->config().dirty_mode == DirtyMode::kRing ? 1 : 2;
   h.key_hash = proto::KeyHash(opts_.key);
+  t_->SetDeadline(absl::Now() + opts_.phase_timeout, "the handshake");
   RETURN_IF_ERROR(t_->Send(proto::MsgType::kHello, 0, proto::Bytes(h)));
   ASSIGN_OR_RETURN(proto::Message ack, t_->Receive());
+  t_->SetDeadline(absl::InfiniteFuture(), "");
   if (ack.type == proto::MsgType::kAbort || ack.type == proto::MsgType::kHelloAck) {
-    ASSIGN_OR_RETURN(auto st, proto::Parse<proto::StatusMsg>(ack.payload, ack.type, true));
+    ASSIGN_OR_RETURN(auto st, proto::Parse<proto::StatusMsg>(
+                                  ack.payload, ack.type, ack.type == proto::MsgType::kHelloAck));
     absl::Status s = proto::StatusFromMsg(st);
     if (!s.ok()) {
       return Annotate(s, "the destination refused the migration");
@@ -144,10 +147,20 @@ absl::Status MigrationSender::SendRound(int round, const PageBitmap& pages, bool
   return absl::OkStatus();
 }
 
+void MigrationSender::ResumeIfPaused(MigrationStats& stats) {
+  if (paused_) {
+    m_->Resume();
+    paused_ = false;
+    stats.downtime_ms = Ms(absl::Now() - paused_at_);
+  }
+}
+
 absl::Status MigrationSender::StopAndCopy(PageBitmap& dirty, MigrationStats& stats) {
   m_->Pause();
   paused_ = true;
   paused_at_ = absl::Now();
+  // Everything from here to the ACK is bounded: on a stall the guest resumes here.
+  t_->SetDeadline(paused_at_ + opts_.phase_timeout, "stop-and-copy");
   m_->SetThrottle(0);
   RETURN_IF_ERROR(m_->dirty_log().Collect(dirty));
   RETURN_IF_ERROR(SendRound(stats.rounds + 1, dirty, true, 0, stats));
@@ -157,21 +170,35 @@ absl::Status MigrationSender::StopAndCopy(PageBitmap& dirty, MigrationStats& sta
   proto::Complete c{};
   c.total_pages = stats.pages_sent;
   c.state_bytes = state.size();
+  c.nonce = proto::RandomNonce();
   if (opts_.verify_memory) {
     c.memory_digest = proto::MemoryDigest({m_->memory().base(), m_->memory().size()});
   }
   RETURN_IF_ERROR(t_->Send(proto::MsgType::kComplete, 0, proto::Bytes(c)));
-  ASSIGN_OR_RETURN(proto::Message ack, t_->Receive());
-  if (ack.type != proto::MsgType::kAck && ack.type != proto::MsgType::kAbort) {
-    return absl::DataLossError(absl::StrFormat("expected ACK after COMPLETE, got %s",
-                                               proto::MsgTypeName(ack.type)));
-  }
-  ASSIGN_OR_RETURN(auto st, proto::Parse<proto::StatusMsg>(ack.payload, ack.type));
-  absl::Status s = proto::StatusFromMsg(st);
-  if (!s.ok() || ack.type == proto::MsgType::kAbort) {
-    return Annotate(s.ok() ? absl::AbortedError("aborted") : s,
+  // The one message the destination may send now is its answer to this COMPLETE.
+  ASSIGN_OR_RETURN(proto::Message reply, t_->Receive());
+  if (reply.type == proto::MsgType::kAbort) {
+    ASSIGN_OR_RETURN(auto st, proto::Parse<proto::StatusMsg>(reply.payload, reply.type));
+    absl::Status s = proto::StatusFromMsg(st);
+    return Annotate(s.ok() ? absl::AbortedError("aborted, no reason given") : s,
                     "the destination did not resume the guest");
   }
+  if (reply.type != proto::MsgType::kAck) {
+    return absl::DataLossError(absl::StrFormat("expected ACK after COMPLETE, got %s",
+                                               proto::MsgTypeName(reply.type)));
+  }
+  ASSIGN_OR_RETURN(proto::Ack ack, proto::Parse<proto::Ack>(reply.payload, reply.type));
+  if (ack.complete_nonce != c.nonce) {
+    return absl::DataLossError(
+        "the destination's ACK does not answer this COMPLETE (nonce mismatch): not trusted");
+  }
+  if (ack.total_pages != c.total_pages) {
+    return absl::DataLossError(absl::StrFormat(
+        "the destination's ACK counts %d pages, the source sent %d", ack.total_pages,
+        c.total_pages));
+  }
+  RETURN_IF_ERROR(Annotate(proto::StatusFromMsg(ack.status),
+                           "the destination did not resume the guest"));
   stats.downtime_ms = Ms(absl::Now() - paused_at_);
   return absl::OkStatus();
 }
@@ -234,12 +261,12 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
   }
   stats.status = "failed";
   stats.error = std::string(result.message());
-  // Nothing is lost: the guest keeps running here.
+  // Nothing is lost: the guest keeps running here. The real pause is what is reported.
   m_->SetThrottle(0);
+  ResumeIfPaused(stats);
   (void)m_->dirty_log().Stop();
-  if (paused_) {
-    m_->Resume();
-  }
+  // Best effort and short: the link may be what failed.
+  t_->SetDeadline(absl::Now() + absl::Seconds(2), "sending ABORT");
   (void)t_->Send(proto::MsgType::kAbort, 0, proto::Bytes(proto::MakeStatusMsg(result)));
   return result;
 }

@@ -26,6 +26,9 @@ struct SenderOptions {
   // During a round, a PROGRESS message at least this often (the destination's silence
   // timeout must not end a long RDMA round, whose writes it cannot see).
   absl::Duration alive_interval = absl::Seconds(5);
+  // The handshake, and the whole pause (stop-and-copy up to the ACK), end by this long after
+  // they start: a destination that stalls or trickles bytes cannot hold the guest paused.
+  absl::Duration phase_timeout = absl::Seconds(30);
 };
 
 class MigrationSender {
@@ -45,6 +48,9 @@ class MigrationSender {
   absl::Status StopAndCopy(PageBitmap& dirty, MigrationStats& stats);
   PageBitmap NonZeroPages(uint64_t& zero_pages) const;
   void Pace(uint64_t bytes_sent, absl::Time since);
+
+  // Resumes the vCPUs if paused, recording the real pause in STATS.
+  void ResumeIfPaused(MigrationStats& stats);
 
   Machine* m_;
   Transport* t_;

@@ -40,7 +40,7 @@ Pair Connect(const TransportOptions& src_opts, const TransportOptions& dst_opts)
   }
   Pair p;
   std::thread t([&] {
-    auto d = (*listener)->Accept();
+    auto d = (*listener)->Accept(absl::InfiniteFuture());
     EXPECT_TRUE(d.ok()) << d.status();
     if (d.ok()) {
       p.dst = std::move(*d);
@@ -206,7 +206,7 @@ TEST(RdmaTransport, UnknownDeviceIsNamedOnEitherSide) {
     good.timeout = absl::Seconds(10);
     connect_status = ConnectTransport(proto::TransportKind::kRdma, LabIp(), port, good).status();
   });
-  const absl::Status s = (*l)->Accept().status();
+  const absl::Status s = (*l)->Accept(absl::InfiniteFuture()).status();
   t.join();
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()), testing::HasSubstr("mlx5_42"));

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "include/lmig/transport.h"
+#include "src/migration/machine_vm.h"
 #include "src/migration/receiver.h"
 #include "src/migration/sender.h"
 #include "tests/unit/tiny_guest.h"
@@ -37,7 +38,7 @@ Pair ConnectPair(TransportOptions opts = {}) {
     }
     Pair p;
     std::thread t([&] {
-      auto d = (*listener)->Accept();
+      auto d = (*listener)->Accept(absl::InfiniteFuture());
       if (d.ok()) {
         p.dst = std::move(*d);
       }
@@ -62,6 +63,7 @@ TEST(TcpTransport, MovesRangesIntoTheSameOffsetsAndOrdersControlAfterData) {
   }
   ASSERT_TRUE(p.src->AttachMemory(a.data(), a.size()).ok());
   ASSERT_TRUE(p.dst->AttachMemory(b.data(), b.size()).ok());
+  p.dst->AllowIncomingPages(true);
   const std::vector<RamRange> ranges = {{0, 4096}, {8 * 4096, 16 * 4096}, {63 * 4096, 4096}};
   ASSERT_TRUE(p.src->Write(ranges).ok());
   ASSERT_TRUE(p.src->Send(proto::MsgType::kEndRound, 0, std::vector<uint8_t>(24, 1)).ok());
@@ -99,7 +101,7 @@ TEST(TcpTransport, CorruptStreamAndDeadPeerAreErrors) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     ::close(fd);
   });
-  auto t = (*listener)->Accept();
+  auto t = (*listener)->Accept(absl::InfiniteFuture());
   ASSERT_TRUE(t.ok());
   auto bad = (*t)->Receive();
   junk.join();
@@ -118,6 +120,7 @@ TEST(TcpTransport, UnreachablePeerNamesTheAddress) {
 struct Vm {
   std::unique_ptr<ConsoleBuffer> console;
   std::unique_ptr<Machine> machine;
+  std::unique_ptr<MachineVm> incoming;
 };
 
 absl::StatusOr<Machine*> CreateVm(Vm& vm, uint64_t mem, int cpus) {
@@ -142,14 +145,26 @@ struct EngineRun {
   MigrationStats send_stats, recv_stats;
 };
 
+// The destination's side of a test migration: a receiver that creates VM B like `dst` does.
+absl::Status Receive(Transport* t, Vm& b, ReceiverOptions ropts, MigrationStats& stats) {
+  MigrationReceiver recv(
+      t, std::move(ropts),
+      [&](const proto::Hello& h) -> absl::StatusOr<IncomingVm*> {
+        ASSIGN_OR_RETURN(Machine * m, CreateVm(b, h.mem_size, h.num_cpus));
+        b.incoming = std::make_unique<MachineVm>(m, [](Machine* m) { return m->Start(); });
+        return b.incoming.get();
+      },
+      [](const std::string&) {});
+  RETURN_IF_ERROR(recv.Handshake(stats));
+  return recv.Run(stats);
+}
+
 EngineRun Migrate(Machine* a, Pair& p, Vm& b, SenderOptions opts, const std::string& dst_key) {
   EngineRun r;
   std::thread dst([&] {
-    MigrationReceiver recv(
-        p.dst.get(), dst_key,
-        [&](const proto::Hello& h) { return CreateVm(b, h.mem_size, h.num_cpus); },
-        [](Machine* m) { return m->Start(); }, [](const std::string&) {});
-    r.recv_status = recv.Run(r.recv_stats);
+    ReceiverOptions ropts;
+    ropts.key = dst_key;
+    r.recv_status = Receive(p.dst.get(), b, ropts, r.recv_stats);
   });
   MigrationSender sender(a, p.src.get(), opts, [](const std::string&) {});
   r.send_status = sender.Run(r.send_stats);
@@ -251,15 +266,16 @@ TEST(Engine, DestinationDyingMidMigrationLeavesTheSourceRunning) {
 TEST(Receiver, RejectsMessagesOutOfOrder) {
   Pair p = ConnectPair();
   ASSERT_TRUE(p.src && p.dst);
-  ASSERT_TRUE(p.src->Send(proto::MsgType::kComplete, 0, std::vector<uint8_t>(24)).ok());
+  ASSERT_TRUE(p.src->Send(proto::MsgType::kComplete, 0,
+                          std::vector<uint8_t>(sizeof(proto::Complete))).ok());
   MigrationReceiver recv(
-      p.dst.get(), "", [](const proto::Hello&) -> absl::StatusOr<Machine*> {
+      p.dst.get(), ReceiverOptions{}, [](const proto::Hello&) -> absl::StatusOr<IncomingVm*> {
         return absl::InternalError("must not be called");
       },
-      [](Machine*) { return absl::OkStatus(); }, [](const std::string&) {});
+      [](const std::string&) {});
   MigrationStats stats;
-  absl::Status s = recv.Run(stats);
-  EXPECT_THAT(std::string(s.message()), testing::HasSubstr("unexpected COMPLETE while awaiting HELLO"));
+  absl::Status s = recv.Handshake(stats);
+  EXPECT_THAT(std::string(s.message()), testing::HasSubstr("expected HELLO, got COMPLETE"));
   EXPECT_EQ(recv.state(), MigrationReceiver::State::kFailed);
 }
 

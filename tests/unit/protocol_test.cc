@@ -51,26 +51,85 @@ TEST(Protocol, StatusTravelsWithCodeAndText) {
   EXPECT_FALSE(proto::Parse<proto::StatusMsg>(std::vector<uint8_t>(3), MsgType::kAck).ok());
 }
 
+proto::HelloLimits Limits(const std::string& key, uint64_t max_mem = 1ull << 40) {
+  proto::HelloLimits l;
+  l.expected_key_hash = proto::KeyHash(key);
+  l.max_mem = max_mem;
+  return l;
+}
+
 TEST(Protocol, HelloChecksVersionPageSizeAndKey) {
   proto::Hello h{};
   h.version = proto::kVersion;
   h.page_size = 4096;
   h.mem_size = 512ull << 20;
   h.num_cpus = 2;
+  h.dirty_mode = 1;
+  h.transport = static_cast<uint32_t>(proto::TransportKind::kTcp);
   h.key_hash = proto::KeyHash("secret");
-  EXPECT_TRUE(proto::CheckHello(h, proto::KeyHash("secret")).ok());
-  EXPECT_EQ(proto::CheckHello(h, proto::KeyHash("other")).code(),
-            absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(proto::CheckHello(h, Limits("secret")).ok());
+  EXPECT_EQ(proto::CheckHello(h, Limits("other")).code(), absl::StatusCode::kPermissionDenied);
   proto::Hello v = h;
   v.version = 99;
-  EXPECT_THAT(std::string(proto::CheckHello(v, h.key_hash).message()),
+  EXPECT_THAT(std::string(proto::CheckHello(v, Limits("secret")).message()),
               testing::HasSubstr("version mismatch"));
   v = h;
   v.page_size = 65536;
-  EXPECT_FALSE(proto::CheckHello(v, h.key_hash).ok());
+  EXPECT_FALSE(proto::CheckHello(v, Limits("secret")).ok());
   v = h;
   v.num_cpus = 0;
-  EXPECT_FALSE(proto::CheckHello(v, h.key_hash).ok());
+  EXPECT_FALSE(proto::CheckHello(v, Limits("secret")).ok());
+  v.num_cpus = proto::kMaxVcpus + 1;
+  EXPECT_FALSE(proto::CheckHello(v, Limits("secret")).ok());
+  v = h;
+  v.features = 0x80;
+  EXPECT_THAT(std::string(proto::CheckHello(v, Limits("secret")).message()),
+              testing::HasSubstr("unknown feature"));
+  v = h;
+  v.dirty_mode = 7;
+  EXPECT_FALSE(proto::CheckHello(v, Limits("secret")).ok());
+  proto::HelloLimits rdma_only = Limits("secret");
+  rdma_only.transport = proto::TransportKind::kRdma;
+  EXPECT_THAT(std::string(proto::CheckHello(h, rdma_only).message()),
+              testing::HasSubstr("transport mismatch"));
+}
+
+// A HELLO announcing 1 TiB was accepted before anything was checked against the host.
+TEST(Protocol, HelloBeyondMaxMemIsRefusedNamingBothSizes) {
+  proto::Hello h{};
+  h.version = proto::kVersion;
+  h.page_size = 4096;
+  h.mem_size = 1ull << 40;
+  h.num_cpus = 1;
+  h.dirty_mode = 1;
+  h.key_hash = proto::KeyHash("");
+  const absl::Status s = proto::CheckHello(h, Limits("", 2ull << 30));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(s.message()), testing::HasSubstr("1048576 MiB"));
+  EXPECT_THAT(std::string(s.message()), testing::HasSubstr("2048 MiB (--max-mem)"));
+}
+
+// A control frame could announce 64 MiB of payload whatever its type; now each type has a bound.
+TEST(Protocol, EachMessageTypeHasAPayloadBound) {
+  for (auto [type, max] : std::vector<std::pair<MsgType, uint64_t>>{
+           {MsgType::kHello, sizeof(proto::Hello)},
+           {MsgType::kEndRound, sizeof(proto::EndRound)},
+           {MsgType::kComplete, sizeof(proto::Complete)},
+           {MsgType::kAck, sizeof(proto::Ack)},
+           {MsgType::kAbort, sizeof(proto::StatusMsg)},
+           {MsgType::kProgress, 8},
+           {MsgType::kDeviceState, proto::kMaxDeviceState}}) {
+    std::vector<uint8_t> payload(max);
+    proto::FrameHeader full = proto::MakeHeader(type, 0, payload);
+    EXPECT_TRUE(proto::CheckHeader(full).ok()) << proto::MsgTypeName(type);
+    std::vector<uint8_t> over(max + 1);
+    proto::FrameHeader big = proto::MakeHeader(type, 0, over);
+    const absl::Status s = proto::CheckHeader(big);
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << proto::MsgTypeName(type);
+    EXPECT_THAT(std::string(s.message()), testing::HasSubstr("at most"));
+  }
+  // A control frame may not claim the no-payload-hash flag only PAGES frames carry.
+  EXPECT_FALSE(proto::CheckHeader(proto::MakeHeader(MsgType::kHello, 0, {}, proto::kNoPayloadHash)).ok());
 }
 
 TEST(StateCodec, RoundTripsAndRejectsTruncation) {

@@ -203,6 +203,7 @@ class RdmaTransport : public Transport {
   }
 
   proto::TransportKind kind() const override { return proto::TransportKind::kRdma; }
+  const std::string& peer() const override { return peer_; }
 
   absl::Status Send(proto::MsgType type, uint64_t arg,
                     std::span<const uint8_t> payload) override {
@@ -362,6 +363,11 @@ class RdmaTransport : public Transport {
   }
 
   void RevokeRemoteAccess() override { mem_mrs_.clear(); }
+
+  void SetDeadline(absl::Time deadline, std::string what) override {
+    deadline_ = deadline;
+    deadline_what_ = std::move(what);
+  }
 
   TransportStats stats() const override {
     TransportStats s = stats_;
@@ -569,6 +575,10 @@ class RdmaTransport : public Transport {
   // CM events are looked at, so what arrived before a disconnect is not lost.
   absl::Status PollOnce(bool wait, const char* doing) {
     for (;;) {
+      if (wait && absl::Now() > deadline_) {
+        return absl::DeadlineExceededError(absl::StrFormat(
+            "%s: %s with %s passed its deadline", doing, deadline_what_, peer_));
+      }
       absl::Status first_error;
       const int n = ReapCq(first_error);
       if (n < 0) {
@@ -647,6 +657,8 @@ class RdmaTransport : public Transport {
   std::string peer_;
   std::string device_name_;
   TransportOptions opts_;
+  absl::Time deadline_ = absl::InfiniteFuture();
+  std::string deadline_what_;
   ibv_device_attr attr_{};
   bool is_source_ = false;
   bool connected_ = false;
@@ -677,10 +689,13 @@ class RdmaListener : public Listener {
       : reactor_(std::move(reactor)), ch_(std::move(ch)), id_(std::move(id)),
         where_(std::move(where)), opts_(opts) {}
 
-  absl::StatusOr<std::unique_ptr<Transport>> Accept() override {
+  absl::StatusOr<std::unique_ptr<Transport>> Accept(absl::Time deadline) override {
+    const absl::Duration wait = deadline == absl::InfiniteFuture()
+                                    ? absl::InfiniteDuration()
+                                    : std::max(absl::ZeroDuration(), deadline - absl::Now());
     ASSIGN_OR_RETURN(rdma_cm_id * child,
                      WaitCmEvent(reactor_.get(), ch_.get(), RDMA_CM_EVENT_CONNECT_REQUEST,
-                                 absl::InfiniteDuration(), where_));
+                                 wait, where_));
     CmId child_id(child);
     // The connection gets its own event channel, so it outlives this listener.
     ASSIGN_OR_RETURN(EventChannel ch, rdma::CreateEventChannel());
@@ -770,7 +785,7 @@ absl::StatusOr<std::unique_ptr<Listener>> RdmaListen(const std::string& addr, ui
     return ErrnoStatus(absl::StrCat("cannot listen for RDMA on ", where,
                                     " (no RDMA device with that address?)"));
   }
-  if (rdma_listen(id.get(), 1) != 0) {
+  if (rdma_listen(id.get(), 8) != 0) {
     return ErrnoStatus(absl::StrCat("rdma_listen ", where));
   }
   ASSIGN_OR_RETURN(auto reactor, Reactor::Create(64));

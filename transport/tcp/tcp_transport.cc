@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 #include <deque>
@@ -64,6 +65,7 @@ class TcpTransport : public Transport {
   }
 
   proto::TransportKind kind() const override { return proto::TransportKind::kTcp; }
+  const std::string& peer() const override { return peer_; }
 
   absl::Status Send(proto::MsgType type, uint64_t arg,
                     std::span<const uint8_t> payload) override {
@@ -84,6 +86,11 @@ class TcpTransport : public Transport {
       RETURN_IF_ERROR(proto::CheckHeader(h));
       const auto type = static_cast<proto::MsgType>(h.type);
       if (type == proto::MsgType::kPages) {
+        if (!allow_pages_) {
+          return absl::PermissionDeniedError(absl::StrFormat(
+              "refused a PAGES frame from %s: guest memory is not taken from the wire now",
+              peer_));
+        }
         if (mem_ == nullptr || h.arg % 4096 != 0 || h.length % 4096 != 0 ||
             h.arg > mem_size_ || h.length > mem_size_ - h.arg) {
           return absl::DataLossError(absl::StrFormat(
@@ -110,7 +117,20 @@ class TcpTransport : public Transport {
     mem_size_ = size;
     return std::vector<uint8_t>();
   }
-  absl::Status SetPeerMemory(std::span<const uint8_t>) override { return absl::OkStatus(); }
+  absl::Status SetPeerMemory(std::span<const uint8_t> blob) override {
+    if (!blob.empty()) {
+      return absl::DataLossError(absl::StrFormat(
+          "HELLO_ACK from %s carries %d bytes of memory regions on a TCP connection", peer_,
+          blob.size()));
+    }
+    return absl::OkStatus();
+  }
+
+  void SetDeadline(absl::Time deadline, std::string what) override {
+    deadline_ = deadline;
+    deadline_what_ = std::move(what);
+  }
+  void AllowIncomingPages(bool allow) override { allow_pages_ = allow; }
 
   absl::Status Write(std::span<const RamRange> ranges) override {
     for (const RamRange& r : ranges) {
@@ -231,13 +251,23 @@ class TcpTransport : public Transport {
         --zc_pending_;  // no notification will follow (the send failed)
       }
     });
+    // The whole-phase deadline bounds the operation as well as the silence timeout: a peer
+    // that trickles a byte at a time cannot stretch a phase.
+    const absl::Duration left = deadline_ - absl::Now();
+    const bool deadline_binds = left < opts_.timeout;
+    const absl::Duration limit = std::max(absl::ZeroDuration(), std::min(left, opts_.timeout));
     prep(sqe);
     sqe->flags |= IOSQE_IO_LINK;
-    timeout_.tv_sec = absl::ToInt64Seconds(opts_.timeout);
-    timeout_.tv_nsec = 0;
+    const int64_t ns = absl::ToInt64Nanoseconds(limit);
+    timeout_.tv_sec = ns / 1000000000;
+    timeout_.tv_nsec = std::max<int64_t>(ns % 1000000000, timeout_.tv_sec == 0 ? 1 : 0);
     io_uring_prep_link_timeout(reactor_->Prepare([](int, uint32_t) {}), &timeout_, 0);
     RETURN_IF_ERROR(reactor_->RunUntil([&] { return st->done; }));
     if (st->result == -ECANCELED || st->result == -ETIME) {
+      if (deadline_binds) {
+        return absl::DeadlineExceededError(
+            absl::StrFormat("%s: %s from %s passed its deadline", what, deadline_what_, peer_));
+      }
       return absl::DeadlineExceededError(absl::StrFormat(
           "%s: %s silent for %d s", what, peer_, absl::ToInt64Seconds(opts_.timeout)));
     }
@@ -258,6 +288,9 @@ class TcpTransport : public Transport {
   bool zero_copy_ = false;
   int zc_pending_ = 0;
   __kernel_timespec timeout_{};
+  absl::Time deadline_ = absl::InfiniteFuture();
+  std::string deadline_what_;
+  bool allow_pages_ = false;
   uint8_t* mem_ = nullptr;
   uint64_t mem_size_ = 0;
   std::vector<iovec> batch_iov_;
@@ -271,7 +304,26 @@ class TcpListener : public Listener {
   TcpListener(UniqueFd sock, std::string where, const TransportOptions& opts)
       : sock_(std::move(sock)), where_(std::move(where)), opts_(opts) {}
 
-  absl::StatusOr<std::unique_ptr<Transport>> Accept() override {
+  absl::StatusOr<std::unique_ptr<Transport>> Accept(absl::Time deadline) override {
+    for (;;) {
+      const absl::Duration left = deadline - absl::Now();
+      if (left <= absl::ZeroDuration()) {
+        return absl::DeadlineExceededError(
+            absl::StrFormat("no connection on %s before the deadline", where_));
+      }
+      pollfd p{sock_.get(), POLLIN, 0};
+      const int ms = deadline == absl::InfiniteFuture()
+                         ? -1
+                         : static_cast<int>(std::min<int64_t>(
+                               absl::ToInt64Milliseconds(left) + 1, 1 << 30));
+      const int r = ::poll(&p, 1, ms);
+      if (r > 0) {
+        break;
+      }
+      if (r < 0 && errno != EINTR) {
+        return ErrnoStatus(absl::StrCat("poll on ", where_));
+      }
+    }
     sockaddr_in peer{};
     socklen_t len = sizeof(peer);
     int fd;
@@ -345,7 +397,9 @@ absl::StatusOr<std::unique_ptr<Listener>> TcpListen(const std::string& addr, uin
   if (::bind(sock.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0) {
     return ErrnoStatus(absl::StrCat("cannot listen on ", where));
   }
-  if (::listen(sock.get(), 1) < 0) {
+  // A short backlog: the real source can wait there while a stranger that connected first
+  // is given up on (see DestCommand).
+  if (::listen(sock.get(), 8) < 0) {
     return ErrnoStatus(absl::StrCat("listen on ", where));
   }
   return std::unique_ptr<Listener>(new TcpListener(std::move(sock), where, opts));

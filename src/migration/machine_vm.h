@@ -1,0 +1,35 @@
+// The receiver's view (IncomingVm) of a real Machine: its RAM, the state validator for its
+// KVM (ValidateState with the machine's limits), and restore + a caller's resume step.
+#pragma once
+
+#include <functional>
+#include <span>
+
+#include "include/lmig/status.h"
+#include "src/machine/machine.h"
+#include "src/machine/state_codec.h"
+#include "src/migration/receiver.h"
+
+namespace lmig {
+
+class MachineVm : public IncomingVm {
+ public:
+  // RESUME starts the restored machine (console session, vCPU threads).
+  using ResumeFn = std::function<absl::Status(Machine*)>;
+  MachineVm(Machine* m, ResumeFn resume) : m_(m), resume_(std::move(resume)) {}
+
+  std::span<uint8_t> memory() override { return {m_->memory().base(), m_->memory().size()}; }
+  absl::Status CheckState(std::span<const uint8_t> blob) override {
+    return ValidateState(blob, m_->state_limits()).status();
+  }
+  absl::Status RestoreAndResume(std::span<const uint8_t> blob) override {
+    RETURN_IF_ERROR(Annotate(m_->RestoreState(blob), "restoring device state"));
+    return resume_(m_);
+  }
+
+ private:
+  Machine* m_;
+  ResumeFn resume_;
+};
+
+}  // namespace lmig
