@@ -294,19 +294,33 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
   absl::Time give_up = absl::InfiniteFuture();
   absl::Status last_refusal;
   for (;;) {
+    if (!last_refusal.ok() && absl::Now() >= give_up) {
+      Report("dst", stats, flags.transport.stats_json);
+      return Annotate(last_refusal,
+                      absl::StrFormat("dst: no valid source within %d s of the last refused "
+                                      "connection, no guest resumed; last refusal",
+                                      flags.transport.timeout_s));
+    }
     auto t = listener->Accept(give_up);
     if (!t.ok()) {
-      if (!last_refusal.ok() && absl::IsDeadlineExceeded(t.status())) {
-        Report("dst", stats, flags.transport.stats_json);
-        return Annotate(last_refusal,
-                        absl::StrFormat("dst: no valid source within %d s of the last refused "
-                                        "connection, no guest resumed; last refusal",
-                                        flags.transport.timeout_s));
+      // A connection that failed to establish (an RDMA peer that never completes the CM
+      // exchange, say) is one more stranger; the deadline above ends the wait.
+      if (!absl::IsDeadlineExceeded(t.status()) || last_refusal.ok()) {
+        progress(absl::StrFormat("a connection failed: %s; listening on", t.status().message()));
       }
-      return Annotate(t.status(), "dst: waiting for the source");
+      if (last_refusal.ok() || !absl::IsDeadlineExceeded(t.status())) {
+        last_refusal = t.status();
+      }
+      if (give_up == absl::InfiniteFuture()) {
+        give_up = absl::Now() + topts.timeout;
+      }
+      absl::SleepFor(absl::Milliseconds(100));  // no busy loop on a listener that keeps failing
+      continue;
     }
     stats = MigrationStats();
     auto r = std::make_unique<MigrationReceiver>(t->get(), ropts, create, progress);
+    // One migration at a time: from a valid HELLO on, connection attempts are refused at once.
+    r->set_on_accepted([&listener] { listener.reset(); });
     absl::Status hs = r->Handshake(stats);
     if (hs.ok()) {
       transport = std::move(*t);
@@ -318,12 +332,15 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
     last_refusal = hs;
     vm.reset();
     rt.reset();
+    if (listener == nullptr) {
+      // The HELLO was valid but this host could not take the guest (memory, KVM).
+      Report("dst", stats, flags.transport.stats_json);
+      return Annotate(hs, "dst: migration failed, no guest resumed");
+    }
     if (give_up == absl::InfiniteFuture()) {
       give_up = absl::Now() + topts.timeout;
     }
   }
-  // One migration at a time: from here on, connection attempts are refused at once.
-  listener.reset();
   absl::Status s = receiver->Run(stats);
   receiver.reset();
   transport.reset();

@@ -38,6 +38,9 @@ absl::Status MigrationReceiver::OnHello(const proto::Message& m) {
   limits.transport = t_->kind();
   absl::Status s = proto::CheckHello(hello_, limits);
   std::vector<uint8_t> blob;
+  if (s.ok() && on_accepted_) {
+    on_accepted_();
+  }
   if (s.ok()) {
     auto vm = create_(hello_);
     s = vm.status();

@@ -70,6 +70,9 @@ class MigrationReceiver {
   // is worthless (an ABORT was sent when the link still works); the VM was not created unless
   // the HELLO was valid.
   absl::Status Handshake(MigrationStats& stats);
+  // Called once a HELLO has passed its checks, before the VM is created and HELLO_ACK is sent
+  // (the destination stops listening there: one migration at a time).
+  void set_on_accepted(std::function<void()> f) { on_accepted_ = std::move(f); }
   // After Handshake: runs the state machine to kDone (the guest runs here) or an error.
   absl::Status Run(MigrationStats& stats);
   State state() const { return state_; }
@@ -88,6 +91,7 @@ class MigrationReceiver {
   ReceiverOptions opts_;
   CreateVmFn create_;
   ProgressFn progress_;
+  std::function<void()> on_accepted_;
   State state_ = State::kAwaitHello;
   IncomingVm* vm_ = nullptr;
   proto::Hello hello_{};
