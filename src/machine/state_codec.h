@@ -120,15 +120,15 @@ struct StateLimits {
 // One vCPU's state, each field of exactly the size its KVM_SET_* ioctl reads.
 struct VcpuState {
   std::vector<kvm_cpuid_entry2> cpuid;  // 1 .. max_cpuid_entries entries
-  kvm_mp_state mp_state;
-  kvm_regs regs;
-  kvm_sregs sregs;
+  kvm_mp_state mp_state{};
+  kvm_regs regs{};
+  kvm_sregs sregs{};
   std::vector<uint8_t> xsave;  // exactly StateLimits::xsave_size bytes
-  kvm_xcrs xcrs;
-  kvm_lapic_state lapic;
+  kvm_xcrs xcrs{};
+  kvm_lapic_state lapic{};
   std::vector<kvm_msr_entry> msrs;  // distinct indices, all in StateLimits::msr_indices
-  kvm_vcpu_events events;
-  kvm_debugregs debugregs;
+  kvm_vcpu_events events{};
+  kvm_debugregs debugregs{};
 };
 
 // A blob that passed ValidateState: everything RestoreState applies, typed and copied out of
@@ -136,9 +136,9 @@ struct VcpuState {
 struct ValidatedState {
   std::vector<VcpuState> vcpus;  // index = vCPU id, StateLimits::num_vcpus of them
   // Indexed by chip id: KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC.
-  std::array<kvm_irqchip, 3> irqchips;
-  kvm_pit_state2 pit;
-  kvm_clock_data clock;
+  std::array<kvm_irqchip, 3> irqchips{};
+  kvm_pit_state2 pit{};
+  kvm_clock_data clock{};
   UartState uart;
 };
 
