@@ -1,4 +1,4 @@
-// The three subcommands. Each returns the process exit status, or an error for bad input that
+// The subcommands. Each returns the process exit status, or an error for bad input that
 // main prints as one line ("lmig-rdma: <what and where>") with exit status 1.
 //
 // Exit status: 0 guest rebooted/powered off, stopped by a signal or Ctrl-A x, or (src) migrated;
