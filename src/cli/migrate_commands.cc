@@ -294,14 +294,17 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
   absl::Time give_up = absl::InfiniteFuture();
   absl::Status last_refusal;
   for (;;) {
-    if (!last_refusal.ok() && absl::Now() >= give_up) {
+    // Past GIVE_UP this still takes a connection that is already waiting (the real source
+    // queued behind a stranger that held the handshake).
+    auto t = listener->Accept(give_up);
+    if (!t.ok() && absl::IsDeadlineExceeded(t.status()) && !last_refusal.ok() &&
+        absl::Now() >= give_up) {
       Report("dst", stats, flags.transport.stats_json);
       return Annotate(last_refusal,
                       absl::StrFormat("dst: no valid source within %d s of the last refused "
                                       "connection, no guest resumed; last refusal",
                                       flags.transport.timeout_s));
     }
-    auto t = listener->Accept(give_up);
     if (!t.ok()) {
       // A connection that failed to establish (an RDMA peer that never completes the CM
       // exchange, say) is one more stranger; the deadline above ends the wait.

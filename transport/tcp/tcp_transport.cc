@@ -305,23 +305,24 @@ class TcpListener : public Listener {
       : sock_(std::move(sock)), where_(std::move(where)), opts_(opts) {}
 
   absl::StatusOr<std::unique_ptr<Transport>> Accept(absl::Time deadline) override {
+    // A connection already waiting is taken even when the deadline has passed.
     for (;;) {
-      const absl::Duration left = deadline - absl::Now();
-      if (left <= absl::ZeroDuration()) {
-        return absl::DeadlineExceededError(
-            absl::StrFormat("no connection on %s before the deadline", where_));
-      }
+      const absl::Duration left = std::max(absl::ZeroDuration(), deadline - absl::Now());
       pollfd p{sock_.get(), POLLIN, 0};
       const int ms = deadline == absl::InfiniteFuture()
                          ? -1
                          : static_cast<int>(std::min<int64_t>(
-                               absl::ToInt64Milliseconds(left) + 1, 1 << 30));
+                               absl::ToInt64Milliseconds(left), 1 << 30));
       const int r = ::poll(&p, 1, ms);
       if (r > 0) {
         break;
       }
       if (r < 0 && errno != EINTR) {
         return ErrnoStatus(absl::StrCat("poll on ", where_));
+      }
+      if (r == 0 && absl::Now() >= deadline) {
+        return absl::DeadlineExceededError(
+            absl::StrFormat("no connection on %s before the deadline", where_));
       }
     }
     sockaddr_in peer{};

@@ -1,0 +1,195 @@
+// Peers that lie, stall and break, over RDMA (Soft-RoCE in the lab): the TCP versions are in
+// tests/unit/hostile_peer_test.cc. A fake peer speaks the protocol through the RDMA transport
+// against the real engine (a tiny guest under the lab's nested KVM) and the real `dst`.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdlib>
+
+#include "include/lmig/transport.h"
+#include "tests/hostile_peer.h"
+
+namespace lmig {
+namespace {
+
+using namespace hostile;
+using proto::MsgType;
+
+std::string LabIp() {
+  const char* ip = std::getenv("LMIG_LAB_IP");
+  return ip != nullptr ? ip : "10.0.2.15";
+}
+
+std::vector<uint8_t> OkAck(std::span<const uint8_t> regions) {
+  std::vector<uint8_t> a = proto::Bytes(proto::MakeStatusMsg(absl::OkStatus()));
+  a.insert(a.end(), regions.begin(), regions.end());
+  return a;
+}
+
+// Runs the sender on M against a fake RDMA destination FAKE(transport, its memory).
+absl::Status RunSender(Machine* m, const std::function<void(Transport*, std::vector<uint8_t>&)>& fake,
+                       MigrationStats& stats, SenderOptions opts) {
+  std::unique_ptr<Listener> listener;
+  uint16_t port = 0;
+  for (int i = 0; i < 10 && !listener; ++i) {
+    port = Port();
+    auto l = ListenTransport(proto::TransportKind::kRdma, LabIp(), port, {});
+    if (l.ok()) {
+      listener = std::move(*l);
+    }
+  }
+  if (!listener) {
+    return absl::InternalError("no RDMA listener");
+  }
+  std::vector<uint8_t> mem(m->memory().size());
+  std::thread dst([&] {
+    auto t = listener->Accept(absl::Now() + absl::Seconds(30));
+    ASSERT_TRUE(t.ok()) << t.status();
+    fake(t->get(), mem);
+  });
+  TransportOptions to;
+  to.timeout = absl::Seconds(10);
+  auto t = ConnectTransport(proto::TransportKind::kRdma, LabIp(), port, to);
+  absl::Status s = t.status();
+  if (t.ok()) {
+    MigrationSender sender(m, t->get(), opts, [](const std::string&) {});
+    s = sender.Run(stats);
+  }
+  dst.join();
+  return s;
+}
+
+// The fake destination's handshake: HELLO in, its memory registered, HELLO_ACK with the rkeys.
+void FakeHandshake(Transport* t, std::vector<uint8_t>& mem) {
+  auto hello = t->Receive();
+  ASSERT_TRUE(hello.ok() && hello->type == MsgType::kHello);
+  auto blob = t->AttachMemory(mem.data(), mem.size());
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  ASSERT_TRUE(t->Send(MsgType::kHelloAck, 0, OkAck(*blob)).ok());
+}
+
+absl::StatusOr<proto::Message> ReceiveUntil(Transport* t, MsgType type) {
+  for (;;) {
+    ASSIGN_OR_RETURN(proto::Message m, t->Receive());
+    if (m.type == type) {
+      return m;
+    }
+  }
+}
+
+// An ACK sent right after HELLO_ACK made the source report "migrated" and drop its guest.
+TEST(RdmaHostileDestination, AnEarlyAckDoesNotCountAsTheAnswerToComplete) {
+  SourceVm a;
+  ASSERT_NO_FATAL_FAILURE(StartCounter(a));
+  MigrationStats stats;
+  absl::Status s = RunSender(a.machine.get(), [](Transport* t, std::vector<uint8_t>& mem) {
+    ASSERT_NO_FATAL_FAILURE(FakeHandshake(t, mem));
+    proto::Ack ack{};
+    ack.status = proto::MakeStatusMsg(absl::OkStatus());
+    ASSERT_TRUE(t->Send(MsgType::kAck, 0, proto::Bytes(ack)).ok());
+    (void)ReceiveUntil(t, MsgType::kAbort);
+  }, stats, SenderOptions{});
+  EXPECT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.message()), testing::HasSubstr("does not answer this COMPLETE"));
+  ExpectGuestRunsToItsEnd(a);
+}
+
+// A destination that goes silent after COMPLETE held the source's vCPUs paused past --timeout.
+TEST(RdmaHostileDestination, AStallInStopAndCopyResumesTheGuestWithinTheTimeout) {
+  SourceVm a;
+  ASSERT_NO_FATAL_FAILURE(StartCounter(a));
+  SenderOptions opts;
+  opts.phase_timeout = absl::Seconds(2);
+  MigrationStats stats;
+  absl::Status s = RunSender(a.machine.get(), [](Transport* t, std::vector<uint8_t>& mem) {
+    ASSERT_NO_FATAL_FAILURE(FakeHandshake(t, mem));
+    ASSERT_TRUE(ReceiveUntil(t, MsgType::kComplete).ok());
+    (void)ReceiveUntil(t, MsgType::kAbort);  // silent until the source gives up
+  }, stats, opts);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  EXPECT_THAT(std::string(s.message()), testing::HasSubstr("stop-and-copy"));
+  EXPECT_GE(stats.downtime_ms, 1900);
+  EXPECT_LE(stats.downtime_ms, 5000);
+  ExpectGuestRunsToItsEnd(a);
+}
+
+// The source never exposes its memory: it sends no region table and registers no remote access.
+TEST(RdmaHostileDestination, TheSourceOffersNoRemoteAccessToItsMemory) {
+  std::vector<uint8_t> mem(1 << 20);
+  std::unique_ptr<Listener> listener;
+  uint16_t port = 0;
+  for (int i = 0; i < 10 && !listener; ++i) {
+    port = Port();
+    auto l = ListenTransport(proto::TransportKind::kRdma, LabIp(), port, {});
+    if (l.ok()) {
+      listener = std::move(*l);
+    }
+  }
+  ASSERT_TRUE(listener);
+  std::thread dst([&] { (void)listener->Accept(absl::Now() + absl::Seconds(30)); });
+  auto t = ConnectTransport(proto::TransportKind::kRdma, LabIp(), port, {});
+  dst.join();
+  ASSERT_TRUE(t.ok()) << t.status();
+  auto blob = (*t)->AttachMemory(mem.data(), mem.size());
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  EXPECT_TRUE(blob->empty());
+}
+
+// One connect-and-close, or a peer that connects and says nothing, ended or held a waiting dst;
+// the real source behind them must get the slot.
+TEST(RdmaHostileSource, StrangersDoNotEndTheDestinationOrTakeTheSlot) {
+  Dst d({"--timeout", "4"}, "rdma", LabIp());
+  {
+    auto t = ConnectTransport(proto::TransportKind::kRdma, LabIp(), d.port(), {});
+    ASSERT_TRUE(t.ok()) << t.status();
+  }  // connects and goes
+  std::atomic<bool> done{false};
+  std::thread silent([&] {
+    auto t = ConnectTransport(proto::TransportKind::kRdma, LabIp(), d.port(), {});
+    while (!done) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  ASSERT_FALSE(d.Exited(0)) << d.Stderr();
+  MigrationStats stats;
+  absl::Status s = MigrateTinyGuest(d.port(), stats, proto::TransportKind::kRdma, LabIp());
+  done = true;
+  silent.join();
+  EXPECT_TRUE(s.ok()) << s << "\n" << d.Stderr();
+  EXPECT_THAT(d.Stderr(), testing::HasSubstr("dst: guest resumed"));
+  EXPECT_THAT(d.Stderr(), testing::HasSubstr("refused a connection"));
+}
+
+// A second connection while a migration runs is refused at once, without disturbing it.
+TEST(RdmaHostileSource, ASecondConnectionDuringAMigrationIsRefusedAtOnce) {
+  Dst d({"--timeout", "10"}, "rdma", LabIp());
+  auto first = ConnectTransport(proto::TransportKind::kRdma, LabIp(), d.port(), {});
+  ASSERT_TRUE(first.ok()) << first.status();
+  proto::Hello h{};
+  h.version = proto::kVersion;
+  h.page_size = 4096;
+  h.mem_size = 16 << 20;
+  h.num_cpus = 1;
+  h.transport = static_cast<uint32_t>(proto::TransportKind::kRdma);
+  h.dirty_mode = 1;
+  h.key_hash = proto::KeyHash("");
+  ASSERT_TRUE((*first)->Send(MsgType::kHello, 0, proto::Bytes(h)).ok());
+  auto ack = (*first)->Receive();
+  ASSERT_TRUE(ack.ok() && ack->type == MsgType::kHelloAck) << d.Stderr();
+  const auto t0 = Clock::now();
+  TransportOptions to;
+  to.timeout = absl::Seconds(10);
+  auto second = ConnectTransport(proto::TransportKind::kRdma, LabIp(), d.port(), to);
+  EXPECT_FALSE(second.ok());
+  EXPECT_LT(SecondsSince(t0), 3) << second.status();
+  proto::EndRound er{1, 0, 0, 0};
+  EXPECT_TRUE((*first)->Send(MsgType::kEndRound, 0, proto::Bytes(er)).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_FALSE(d.Exited(0)) << d.Stderr();
+  EXPECT_THAT(d.Stderr(), testing::HasSubstr("round 1 received"));
+}
+
+}  // namespace
+}  // namespace lmig
