@@ -2,9 +2,18 @@
 //
 // Message sequence (src = source, dst = destination):
 //
-//   src -> dst  kHello        Hello: magic/version, page size, memory size, vCPUs, features,
-//                             transport, key hash
-//   dst -> src  kHelloAck     StatusMsg (+ RDMA: the destination's memory regions and rkeys)
+//   src -> dst  kHello        Hello: version, page size, memory size, vCPUs, features,
+//                             transport, auth mode, the source's fresh nonce
+//   -- with a pre-shared key (--psk-file on both sides; src/crypto/auth.h has the scheme) --
+//   dst -> src  kAuthChallenge AuthChallenge: the destination's fresh nonce and its proof
+//                             (HMAC under the PSK over both nonces, its role, its own nonce)
+//   src -> dst  kAuthProof    AuthProof: the source's proof (both nonces, its role, the HELLO)
+//               From here on every control message, both ways, is an AES-256-GCM record under
+//               session keys derived from the PSK and both nonces (secure_channel.h): the
+//               payload is sealed, the AAD is the type and arg, the record counter implicit.
+//   -------------------------------------------------------------------------------------
+//   dst -> src  kHelloAck     StatusMsg (+ RDMA: the destination's memory regions and rkeys;
+//                             the destination registers memory only after authentication)
 //   src -> dst  kPages        (TCP only) arg = RAM offset, payload = the pages; over RDMA the
 //                             pages land by one-sided RDMA WRITE and no message is sent
 //   src -> dst  kEndRound     EndRound: after every pre-copy round, and after the final one
@@ -43,7 +52,7 @@
 namespace lmig::proto {
 
 inline constexpr uint32_t kMagic = 0x47494d4c;  // "LMIG"
-inline constexpr uint32_t kVersion = 3;  // 2: PROGRESS; 3: COMPLETE nonce echoed by ACK
+inline constexpr uint32_t kVersion = 4;  // 2: PROGRESS; 3: ACK echoes COMPLETE; 4: PSK auth
 inline constexpr uint64_t kPageSize = 4096;
 inline constexpr uint32_t kMaxVcpus = 64;
 // Pre-copy rounds, final included: a source's --max-rounds is capped by this, and the
@@ -69,7 +78,12 @@ enum class MsgType : uint16_t {
   // RDMA round is silent to the destination, whose silence timeout would otherwise end a
   // round longer than --timeout.
   kProgress = 9,
+  kAuthChallenge = 10,
+  kAuthProof = 11,
 };
+inline constexpr uint16_t kLastMsgType = 11;
+// Bytes a sealed control record adds to its payload (the AES-GCM tag).
+inline constexpr uint64_t kSealOverhead = 16;
 const char* MsgTypeName(MsgType t);
 
 enum FrameFlags : uint16_t {
@@ -103,9 +117,27 @@ struct Hello {
   uint32_t features;
   uint32_t transport;    // TransportKind
   uint32_t dirty_mode;   // 1 ring, 2 bitmap (informational)
-  uint64_t key_hash;     // XXH3-64 of the shared key ("" when none): a mismatch check
+  uint32_t auth;         // AuthMode
+  uint32_t reserved;     // 0
+  uint8_t nonce[32];     // the source's fresh nonce (AuthMode::kPsk)
 };
-static_assert(sizeof(Hello) == 40);
+static_assert(sizeof(Hello) == 72);
+
+enum class AuthMode : uint32_t {
+  kNone = 0,  // no --psk-file: unauthenticated, unencrypted (loopback or --insecure)
+  kPsk = 1,   // mutual challenge-response with the pre-shared key, then sealed control records
+};
+
+struct AuthChallenge {
+  uint8_t nonce[32];  // the destination's fresh nonce
+  uint8_t proof[32];  // its proof over (source nonce, this nonce, SHA-256 of this nonce)
+};
+static_assert(sizeof(AuthChallenge) == 64);
+
+struct AuthProof {
+  uint8_t proof[32];  // the source's proof over (both nonces, SHA-256 of its HELLO payload)
+};
+static_assert(sizeof(AuthProof) == 32);
 
 struct EndRound {
   uint32_t round;
@@ -153,14 +185,13 @@ absl::Status CheckPayload(const FrameHeader& h, std::span<const uint8_t> payload
 StatusMsg MakeStatusMsg(const absl::Status& s);
 absl::Status StatusFromMsg(const StatusMsg& m);
 
-uint64_t KeyHash(const std::string& key);
 // XXH3-64 of the whole of MEM.
 uint64_t MemoryDigest(std::span<const uint8_t> mem);
 
 // What a destination is willing to take on.
 struct HelloLimits {
   uint64_t max_mem = 1ull << 40;  // bytes of guest memory
-  uint64_t expected_key_hash = 0;
+  AuthMode auth = AuthMode::kNone;  // what this destination requires
   TransportKind transport = TransportKind::kInvalid;  // kInvalid: any
 };
 // Validates a Hello against what this build supports and LIMITS allow. Error names the field

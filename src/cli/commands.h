@@ -26,7 +26,7 @@ struct TransportFlags {
   std::string transport = "rdma";
   std::string rdma_device;
   std::string stats_json;
-  std::string key;  // shared migration key; both sides must agree
+  std::string psk_file;  // pre-shared key file (lmig-rdma keygen); both sides the same key
   int timeout_s = 30;
   bool rdma_busy_poll = false;   // spin on the CQ instead of sleeping on its channel
   std::string rdma_write_size = "256K";  // largest single RDMA WRITE
@@ -50,6 +50,7 @@ struct DestFlags {
   TransportFlags transport;
   std::string listen;
   std::string kvm_path = "/dev/kvm";
+  bool insecure = false; // without psk_file, listen on a non-loopback address anyway
   std::string max_mem;   // largest guest accepted; empty: this host's physical memory
   int max_time_s = 0;    // bound on the whole incoming migration; 0: derived from its size
   // Optional onward migration once the guest runs here (e.g. ping-pong A -> B -> A):

@@ -35,7 +35,9 @@ void AddTransportFlags(CLI::App* app, lmig::TransportFlags& t) {
       ->default_val("rdma");
   app->add_option("--rdma-device", t.rdma_device, "verbs device to use (default: by address)");
   app->add_option("--stats-json", t.stats_json, "write the migration statistics here as JSON");
-  app->add_option("--key", t.key, "shared migration key (both sides must give the same)");
+  app->add_option("--psk-file", t.psk_file,
+                  "pre-shared key file from `lmig-rdma keygen` (mode 0600; both sides the same "
+                  "key): authenticates both peers and encrypts the control channel");
   app->add_option("--timeout", t.timeout_s, "give up on a silent peer after this many seconds")
       ->default_val(30);
   app->add_flag("--rdma-busy-poll", t.rdma_busy_poll,
@@ -100,6 +102,9 @@ int main(int argc, char** argv) {
   AddTransportFlags(dst, dst_flags.transport);
   dst->add_option("--listen", dst_flags.listen, "ADDR:PORT to listen on")->required();
   dst->add_option("--kvm", dst_flags.kvm_path, "KVM device")->default_val("/dev/kvm");
+  dst->add_flag("--insecure", dst_flags.insecure,
+                "without --psk-file, listen on a non-loopback address anyway (anyone who can "
+                "reach it can push a guest here)");
   dst->add_option("--max-mem", dst_flags.max_mem,
                   "refuse a guest larger than this (default: this host's memory)");
   dst->add_option("--max-time", dst_flags.max_time_s,

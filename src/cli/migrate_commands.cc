@@ -1,9 +1,11 @@
 // `src` and `dst`: a VM session plus the migration engine. The engine runs on its own thread
 // (with its transport's own io_uring) and reports back to the session's reactor with Post.
+#include <arpa/inet.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <functional>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_format.h"
@@ -12,6 +14,7 @@
 #include "src/cli/commands.h"
 #include "src/cli/options.h"
 #include "src/cli/vm_setup.h"
+#include "src/crypto/psk.h"
 #include "src/migration/machine_vm.h"
 #include "src/migration/receiver.h"
 #include "src/migration/sender.h"
@@ -81,7 +84,10 @@ class OutgoingMigration {
       return absl::InvalidArgumentError(absl::StrFormat(
           "--max-rounds %d: at most %d", flags_.max_rounds, proto::kMaxRounds - 1));
     }
-    opts_.key = flags_.transport.key;
+    if (!flags_.transport.psk_file.empty()) {
+      ASSIGN_OR_RETURN(psk_, crypto::LoadPskFile(flags_.transport.psk_file));
+      opts_.psk = &*psk_;
+    }
     kind_ = KindOf(flags_.transport.transport);
     ASSIGN_OR_RETURN(topts_, OptionsOf(flags_.transport));
     opts_.phase_timeout = topts_.timeout;
@@ -151,7 +157,9 @@ class OutgoingMigration {
     started_ = true;
     ++attempts_;
     stats_ = MigrationStats();
-    Progress(absl::StrFormat("migrating to %s over %s", flags_.peer, flags_.transport.transport));
+    Progress(absl::StrFormat("migrating to %s over %s%s", flags_.peer, flags_.transport.transport,
+                             psk_ ? ", authenticated (--psk-file)"
+                                  : "; no --psk-file: neither authenticated nor encrypted"));
     worker_ = std::thread([this] {
       absl::Status result;
       auto t = ConnectTransport(kind_, peer_.host, peer_.port, topts_);
@@ -202,6 +210,7 @@ class OutgoingMigration {
   proto::TransportKind kind_ = proto::TransportKind::kRdma;
   TransportOptions topts_;
   std::thread worker_;
+  std::optional<crypto::Psk> psk_;
   MigrationStats stats_;
   bool started_ = false, migrated_ = false, failed_ = false;
   int attempts_ = 0;
@@ -222,6 +231,15 @@ absl::StatusOr<int> SourceCommand(const VmFlags& vm, const SourceFlags& flags) {
 }
 
 namespace {
+
+// Whether HOST names a loopback address (127.0.0.0/8, "localhost").
+bool IsLoopback(const std::string& host) {
+  if (host == "localhost") {
+    return true;
+  }
+  in_addr a{};
+  return ::inet_pton(AF_INET, host.c_str(), &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
+}
 
 absl::StatusOr<uint64_t> MaxMemOf(const std::string& flag) {
   if (!flag.empty()) {
@@ -249,14 +267,28 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
   const proto::TransportKind kind = KindOf(flags.transport.transport);
   ASSIGN_OR_RETURN(TransportOptions topts, OptionsOf(flags.transport));
   ReceiverOptions ropts;
-  ropts.key = flags.transport.key;
+  std::optional<crypto::Psk> psk;
+  if (!flags.transport.psk_file.empty()) {
+    ASSIGN_OR_RETURN(psk, crypto::LoadPskFile(flags.transport.psk_file));
+    ropts.psk = &*psk;
+  } else if (!IsLoopback(where.host) && !flags.insecure) {
+    return absl::PermissionDeniedError(absl::StrFormat(
+        "dst --listen %s: without --psk-file a destination listens only on a loopback address "
+        "(anyone who reaches it could push a guest here); give --psk-file, or --insecure",
+        flags.listen));
+  }
   ASSIGN_OR_RETURN(ropts.max_mem, MaxMemOf(flags.max_mem));
   ropts.phase_timeout = topts.timeout;
   ropts.hello_timeout = std::min(topts.timeout, absl::Seconds(10));
   ropts.max_time = absl::Seconds(flags.max_time_s);
   ASSIGN_OR_RETURN(auto listener, ListenTransport(kind, where.host, where.port, topts));
-  std::fprintf(stderr, "lmig-rdma dst: listening on %s (%s)\n", flags.listen.c_str(),
-               flags.transport.transport.c_str());
+  std::fprintf(stderr, "lmig-rdma dst: listening on %s (%s)%s\n", flags.listen.c_str(),
+               flags.transport.transport.c_str(),
+               psk ? ", peers authenticated with --psk-file"
+                   : flags.insecure
+                         ? "; --insecure: no authentication, no encryption, anyone who can "
+                           "reach this address can migrate a guest here"
+                         : "; no --psk-file: no authentication, no encryption (loopback only)");
   std::unique_ptr<VmRuntime> rt;
   std::unique_ptr<MachineVm> vm;
   std::unique_ptr<OutgoingMigration> onward;

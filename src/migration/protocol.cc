@@ -21,6 +21,8 @@ const char* MsgTypeName(MsgType t) {
     case MsgType::kAck: return "ACK";
     case MsgType::kAbort: return "ABORT";
     case MsgType::kProgress: return "PROGRESS";
+    case MsgType::kAuthChallenge: return "AUTH_CHALLENGE";
+    case MsgType::kAuthProof: return "AUTH_PROOF";
     default: return "INVALID";
   }
 }
@@ -45,16 +47,19 @@ FrameHeader MakeHeader(MsgType type, uint64_t arg, std::span<const uint8_t> payl
 }
 
 uint64_t MaxPayload(MsgType type) {
+  // Control messages after the handshake are sealed records: room for the tag.
   switch (type) {
     case MsgType::kHello: return sizeof(Hello);
-    case MsgType::kHelloAck: return kMaxHelloAck;
+    case MsgType::kHelloAck: return kMaxHelloAck + kSealOverhead;
     case MsgType::kPages: return UINT64_MAX;
-    case MsgType::kEndRound: return sizeof(EndRound);
-    case MsgType::kDeviceState: return kMaxDeviceState;
-    case MsgType::kComplete: return sizeof(Complete);
-    case MsgType::kAck: return sizeof(Ack);
-    case MsgType::kAbort: return sizeof(StatusMsg);
-    case MsgType::kProgress: return sizeof(uint64_t);
+    case MsgType::kEndRound: return sizeof(EndRound) + kSealOverhead;
+    case MsgType::kDeviceState: return kMaxDeviceState + kSealOverhead;
+    case MsgType::kComplete: return sizeof(Complete) + kSealOverhead;
+    case MsgType::kAck: return sizeof(Ack) + kSealOverhead;
+    case MsgType::kAbort: return sizeof(StatusMsg) + kSealOverhead;
+    case MsgType::kProgress: return sizeof(uint64_t) + kSealOverhead;
+    case MsgType::kAuthChallenge: return sizeof(AuthChallenge);
+    case MsgType::kAuthProof: return sizeof(AuthProof);
     default: return 0;
   }
 }
@@ -70,7 +75,7 @@ absl::Status CheckHeader(const FrameHeader& h) {
         "corrupt stream: header checksum mismatch on a %s frame",
         MsgTypeName(static_cast<MsgType>(h.type))));
   }
-  if (h.type == 0 || h.type > static_cast<uint16_t>(MsgType::kProgress)) {
+  if (h.type == 0 || h.type > kLastMsgType) {
     return absl::DataLossError(absl::StrFormat("corrupt stream: unknown message type %d", h.type));
   }
   const MsgType type = static_cast<MsgType>(h.type);
@@ -115,11 +120,6 @@ absl::Status StatusFromMsg(const StatusMsg& m) {
   std::memcpy(text, m.text, sizeof(m.text));
   text[sizeof(m.text)] = 0;
   return absl::Status(static_cast<absl::StatusCode>(m.code), text);
-}
-
-uint64_t KeyHash(const std::string& key) {
-  const std::string salted = "lmig-rdma key:" + key;
-  return XXH3_64bits(salted.data(), salted.size());
 }
 
 uint64_t MemoryDigest(std::span<const uint8_t> mem) {
@@ -177,9 +177,17 @@ absl::Status CheckHello(const Hello& h, const HelloLimits& limits) {
         "transport mismatch: the source says %d, this destination listens on %d", h.transport,
         static_cast<uint32_t>(limits.transport)));
   }
-  if (h.key_hash != limits.expected_key_hash) {
-    return absl::PermissionDeniedError(
-        "wrong key: the source's --key does not match this destination's");
+  if (h.reserved != 0 || h.auth > static_cast<uint32_t>(AuthMode::kPsk)) {
+    return absl::InvalidArgumentError(absl::StrFormat("bad auth mode %d in HELLO", h.auth));
+  }
+  if (limits.auth == AuthMode::kPsk && h.auth != static_cast<uint32_t>(AuthMode::kPsk)) {
+    return absl::UnauthenticatedError(
+        "authentication failed (refused by the destination): the source offers none "
+        "(this destination has --psk-file)");
+  }
+  if (limits.auth == AuthMode::kNone && h.auth != static_cast<uint32_t>(AuthMode::kNone)) {
+    return absl::FailedPreconditionError(
+        "the source authenticates with a --psk-file, this destination has none");
   }
   return absl::OkStatus();
 }

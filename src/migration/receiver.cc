@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "include/lmig/status.h"
+#include "src/migration/secure_channel.h"
 
 namespace lmig {
 
@@ -34,9 +35,18 @@ absl::Status MigrationReceiver::OnHello(const proto::Message& m) {
   ASSIGN_OR_RETURN(hello_, proto::Parse<proto::Hello>(m.payload, m.type));
   proto::HelloLimits limits;
   limits.max_mem = opts_.max_mem;
-  limits.expected_key_hash = proto::KeyHash(opts_.key);
+  limits.auth = opts_.psk != nullptr ? proto::AuthMode::kPsk : proto::AuthMode::kNone;
   limits.transport = t_->kind();
   absl::Status s = proto::CheckHello(hello_, limits);
+  if (s.ok() && opts_.psk != nullptr) {
+    // Before anything is created, registered or disclosed: the source proves the key.
+    auto sealed = AuthenticateAsDestination(t_, *opts_.psk, m.payload);
+    if (!sealed.ok()) {
+      return sealed.status();  // the caller's ABORT goes out in the clear
+    }
+    sealed_ = std::move(*sealed);
+    t_ = sealed_.get();
+  }
   std::vector<uint8_t> blob;
   if (s.ok() && on_accepted_) {
     on_accepted_();

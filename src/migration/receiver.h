@@ -2,7 +2,8 @@
 // nothing from the wire: each message is accepted only in the state that allows it, with every
 // count and total checked against what actually arrived, and every phase has a deadline.
 //
-//   kAwaitHello --HELLO--> (check limits, create the VM, attach memory, HELLO_ACK) --> kRound
+//   kAwaitHello --HELLO--> (check limits; with a PSK: AUTH_CHALLENGE, AUTH_PROOF checked;
+//                          then create the VM, attach memory, HELLO_ACK) --> kRound
 //   kRound      --PROGRESS (this round)--> kRound
 //               --END_ROUND n (n = expected round)--> kRound, or kAwaitState if final
 //   kAwaitState --DEVICE_STATE (validated at once)--> kHaveState
@@ -24,6 +25,7 @@
 #include "include/lmig/protocol.h"
 #include "include/lmig/transport.h"
 #include "src/migration/stats.h"
+#include "src/crypto/psk.h"
 
 namespace lmig {
 
@@ -41,7 +43,8 @@ class IncomingVm {
 };
 
 struct ReceiverOptions {
-  std::string key;
+  // The pre-shared key (not owned; null: unauthenticated, for loopback or --insecure).
+  const crypto::Psk* psk = nullptr;
   uint64_t max_mem = 1ull << 40;                  // --max-mem
   absl::Duration hello_timeout = absl::Seconds(10);
   absl::Duration phase_timeout = absl::Seconds(30);  // final round -> COMPLETE
@@ -87,7 +90,8 @@ class MigrationReceiver {
   absl::Status Fail(absl::Status s, MigrationStats& stats);
   void Finish(MigrationStats& stats);
 
-  Transport* t_;
+  Transport* t_;                        // the sealed channel once authenticated
+  std::unique_ptr<Transport> sealed_;
   ReceiverOptions opts_;
   CreateVmFn create_;
   ProgressFn progress_;

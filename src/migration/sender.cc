@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_format.h"
 #include "include/lmig/status.h"
+#include "src/migration/secure_channel.h"
 
 namespace lmig {
 namespace {
@@ -75,9 +76,21 @@ absl::Status MigrationSender::Handshake() {
   h.features = opts_.verify_memory ? static_cast<uint32_t>(proto::kFeatureVerifyMemory) : 0u;
   h.transport = static_cast<uint32_t>(t_->kind());
   h.dirty_mode = m_->config().dirty_mode == DirtyMode::kRing ? 1 : 2;
-  h.key_hash = proto::KeyHash(opts_.key);
+  crypto::Nonce nonce{};
+  if (opts_.psk != nullptr) {
+    ASSIGN_OR_RETURN(nonce, crypto::NewNonce());
+    h.auth = static_cast<uint32_t>(proto::AuthMode::kPsk);
+    std::memcpy(h.nonce, nonce.data(), sizeof(h.nonce));
+  }
   t_->SetDeadline(absl::Now() + opts_.phase_timeout, "the handshake");
-  RETURN_IF_ERROR(t_->Send(proto::MsgType::kHello, 0, proto::Bytes(h)));
+  const std::vector<uint8_t> hello = proto::Bytes(h);
+  RETURN_IF_ERROR(t_->Send(proto::MsgType::kHello, 0, hello));
+  if (opts_.psk != nullptr) {
+    // Nothing of the guest moves before the destination has proven the key, and the source
+    // proves it only to a destination that has.
+    ASSIGN_OR_RETURN(sealed_, AuthenticateAsSource(t_, *opts_.psk, nonce, hello));
+    t_ = sealed_.get();
+  }
   ASSIGN_OR_RETURN(proto::Message ack, t_->Receive());
   t_->SetDeadline(absl::InfiniteFuture(), "");
   if (ack.type == proto::MsgType::kAbort || ack.type == proto::MsgType::kHelloAck) {

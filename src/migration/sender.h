@@ -14,6 +14,7 @@
 #include "src/machine/machine.h"
 #include "src/migration/policy.h"
 #include "src/migration/stats.h"
+#include "src/crypto/psk.h"
 
 namespace lmig {
 
@@ -21,7 +22,8 @@ struct SenderOptions {
   PolicyConfig policy;
   uint64_t max_bandwidth = 0;  // bytes/s, 0 = unlimited
   bool verify_memory = false;
-  std::string key;
+  // The pre-shared key (not owned; null: unauthenticated, for loopback or --insecure peers).
+  const crypto::Psk* psk = nullptr;
   uint64_t max_run_bytes = 1 << 20;  // coalesced run cap
   // During a round, a PROGRESS message at least this often (the destination's silence
   // timeout must not end a long RDMA round, whose writes it cannot see).
@@ -53,7 +55,8 @@ class MigrationSender {
   void ResumeIfPaused(MigrationStats& stats);
 
   Machine* m_;
-  Transport* t_;
+  Transport* t_;                        // the sealed channel once authenticated
+  std::unique_ptr<Transport> sealed_;
   SenderOptions opts_;
   ProgressFn progress_;
   std::vector<RoundSample> history_;

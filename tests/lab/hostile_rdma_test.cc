@@ -174,7 +174,6 @@ TEST(RdmaHostileSource, ASecondConnectionDuringAMigrationIsRefusedAtOnce) {
   h.num_cpus = 1;
   h.transport = static_cast<uint32_t>(proto::TransportKind::kRdma);
   h.dirty_mode = 1;
-  h.key_hash = proto::KeyHash("");
   ASSERT_TRUE((*first)->Send(MsgType::kHello, 0, proto::Bytes(h)).ok());
   auto ack = (*first)->Receive();
   ASSERT_TRUE(ack.ok() && ack->type == MsgType::kHelloAck) << d.Stderr();

@@ -148,7 +148,6 @@ proto::Hello ValidHello(uint64_t mem, uint32_t cpus = 1) {
   h.num_cpus = cpus;
   h.transport = static_cast<uint32_t>(proto::TransportKind::kTcp);
   h.dirty_mode = 1;
-  h.key_hash = proto::KeyHash("");
   return h;
 }
 

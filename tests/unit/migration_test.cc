@@ -12,6 +12,8 @@
 #include "include/lmig/transport.h"
 #include "src/migration/machine_vm.h"
 #include "src/migration/receiver.h"
+#include "src/migration/secure_channel.h"
+#include "src/crypto/primitives.h"
 #include "src/migration/sender.h"
 #include "tests/unit/tiny_guest.h"
 
@@ -159,11 +161,12 @@ absl::Status Receive(Transport* t, Vm& b, ReceiverOptions ropts, MigrationStats&
   return recv.Run(stats);
 }
 
-EngineRun Migrate(Machine* a, Pair& p, Vm& b, SenderOptions opts, const std::string& dst_key) {
+EngineRun Migrate(Machine* a, Pair& p, Vm& b, SenderOptions opts,
+                  const crypto::Psk* dst_psk = nullptr) {
   EngineRun r;
   std::thread dst([&] {
     ReceiverOptions ropts;
-    ropts.key = dst_key;
+    ropts.psk = dst_psk;
     r.recv_status = Receive(p.dst.get(), b, ropts, r.recv_stats);
   });
   MigrationSender sender(a, p.src.get(), opts, [](const std::string&) {});
@@ -181,7 +184,7 @@ TEST(Engine, MigratesARunningTinyGuestThatContinuesWithoutLosingOutput) {
   Vm b;
   SenderOptions opts;
   opts.verify_memory = true;
-  EngineRun r = Migrate(a.machine.get(), p, b, opts, "");
+  EngineRun r = Migrate(a.machine.get(), p, b, opts);
   ASSERT_TRUE(r.send_status.ok()) << r.send_status;
   ASSERT_TRUE(r.recv_status.ok()) << r.recv_status;
   out_a += a.console->Take();
@@ -211,7 +214,7 @@ TEST(Engine, LongRoundsTellTheDestinationTheSourceIsAlive) {
   SenderOptions opts;
   opts.verify_memory = true;
   opts.alive_interval = absl::ZeroDuration();  // PROGRESS after every batch
-  EngineRun r = Migrate(a.machine.get(), p, b, opts, "");
+  EngineRun r = Migrate(a.machine.get(), p, b, opts);
   ASSERT_TRUE(r.send_status.ok()) << r.send_status;
   ASSERT_TRUE(r.recv_status.ok()) << r.recv_status;  // PROGRESS was accepted mid-round
   a.machine->RequestStop({ExitInfo::kStopped, "migrated"});
@@ -221,23 +224,162 @@ TEST(Engine, LongRoundsTellTheDestinationTheSourceIsAlive) {
   b.machine->Join();
 }
 
-TEST(Engine, WrongKeyIsRefusedAndTheSourceKeepsRunning) {
+crypto::Psk TestKey(uint8_t fill) {
+  return *crypto::Psk::FromBytes(std::vector<uint8_t>(32, fill));
+}
+
+TEST(Auth, TheRightKeyMigratesWithEveryControlMessageSealed) {
   Vm a;
   ASSERT_NO_FATAL_FAILURE(StartCounterGuest(a));
   Pair p = ConnectPair();
   ASSERT_TRUE(p.src && p.dst);
   Vm b;
+  const crypto::Psk key = TestKey(7), same = TestKey(7);
   SenderOptions opts;
-  opts.key = "right";
-  EngineRun r = Migrate(a.machine.get(), p, b, opts, "other");
-  EXPECT_EQ(r.send_status.code(), absl::StatusCode::kPermissionDenied);
-  EXPECT_THAT(std::string(r.send_status.message()), testing::HasSubstr("wrong key"));
-  EXPECT_FALSE(r.recv_status.ok());
-  EXPECT_EQ(b.machine, nullptr);  // no VM was even created
+  opts.psk = &key;
+  opts.verify_memory = true;
+  EngineRun r = Migrate(a.machine.get(), p, b, opts, &same);
+  ASSERT_TRUE(r.send_status.ok()) << r.send_status;
+  ASSERT_TRUE(r.recv_status.ok()) << r.recv_status;
+  a.machine->RequestStop({ExitInfo::kStopped, "migrated"});
+  a.machine->Join();
+  ASSERT_TRUE(WaitStopped(*b.machine, 30000));
+  b.machine->Join();
+  EXPECT_EQ(b.machine->exit_info().kind, ExitInfo::kReset);
+}
+
+// --key sent an unkeyed hash of the key in the clear; a wrong key now fails the proofs.
+TEST(Auth, AWrongKeyIsRefusedByBothSidesBeforeAnyVmOrMemory) {
+  Vm a;
+  ASSERT_NO_FATAL_FAILURE(StartCounterGuest(a));
+  Pair p = ConnectPair();
+  ASSERT_TRUE(p.src && p.dst);
+  Vm b;
+  const crypto::Psk right = TestKey(1), wrong = TestKey(2);
+  SenderOptions opts;
+  opts.psk = &right;
+  EngineRun r = Migrate(a.machine.get(), p, b, opts, &wrong);
+  EXPECT_EQ(r.send_status.code(), absl::StatusCode::kUnauthenticated) << r.send_status;
+  EXPECT_THAT(std::string(r.send_status.message()),
+              testing::HasSubstr("authentication failed (refused by the source)"));
+  EXPECT_THAT(std::string(r.recv_status.message()), testing::HasSubstr("authentication failed"));
+  EXPECT_EQ(b.machine, nullptr);  // no VM, no vCPU, no memory registered
+  EXPECT_EQ(r.send_stats.pages_sent, 0u);
   // The source guest was never stopped: it runs to its end.
   ASSERT_TRUE(WaitStopped(*a.machine, 30000));
   a.machine->Join();
   EXPECT_EQ(a.machine->exit_info().kind, ExitInfo::kReset);
+}
+
+TEST(Auth, AKeyedDestinationRefusesASourceWithoutAKey) {
+  Vm a;
+  ASSERT_NO_FATAL_FAILURE(StartCounterGuest(a));
+  Pair p = ConnectPair();
+  ASSERT_TRUE(p.src && p.dst);
+  Vm b;
+  const crypto::Psk key = TestKey(3);
+  EngineRun r = Migrate(a.machine.get(), p, b, SenderOptions{}, &key);
+  EXPECT_THAT(std::string(r.send_status.message()),
+              testing::HasSubstr("authentication failed (refused by the destination)"));
+  EXPECT_EQ(b.machine, nullptr);
+  ASSERT_TRUE(WaitStopped(*a.machine, 30000));
+  a.machine->Join();
+}
+
+proto::Hello AuthHello(const crypto::Nonce& ns) {
+  proto::Hello h{};
+  h.version = proto::kVersion;
+  h.page_size = 4096;
+  h.mem_size = 16 << 20;
+  h.num_cpus = 1;
+  h.transport = static_cast<uint32_t>(proto::TransportKind::kTcp);
+  h.dirty_mode = 1;
+  h.auth = static_cast<uint32_t>(proto::AuthMode::kPsk);
+  std::memcpy(h.nonce, ns.data(), 32);
+  return h;
+}
+
+// A HELLO recorded from a real source and replayed unchanged was accepted and its pages run;
+// a recorded handshake (HELLO + AUTH_PROOF) must fail against a fresh destination's challenge.
+TEST(Auth, AReplayedHandshakeIsRefused) {
+  const crypto::Psk key = TestKey(9), same = TestKey(9);
+  const crypto::Nonce ns = *crypto::NewNonce();
+  const std::vector<uint8_t> hello = proto::Bytes(AuthHello(ns));
+  // Session 1: the source's side by hand, as a real source computes it; recorded.
+  std::vector<uint8_t> recorded_proof;
+  {
+    Pair p = ConnectPair();
+    ASSERT_TRUE(p.src && p.dst);
+    absl::Status dst_status;
+    std::thread dst([&] {
+      auto m = p.dst->Receive();
+      ASSERT_TRUE(m.ok());
+      dst_status = AuthenticateAsDestination(p.dst.get(), same, m->payload).status();
+    });
+    ASSERT_TRUE(p.src->Send(proto::MsgType::kHello, 0, hello).ok());
+    auto m = p.src->Receive();
+    ASSERT_TRUE(m.ok() && m->type == proto::MsgType::kAuthChallenge);
+    auto c = proto::Parse<proto::AuthChallenge>(m->payload, m->type);
+    ASSERT_TRUE(c.ok());
+    crypto::Nonce nd;
+    std::memcpy(nd.data(), c->nonce, 32);
+    auto proof = crypto::Proof(key, crypto::Role::kSource, ns, nd, *crypto::Sha256(hello));
+    ASSERT_TRUE(proof.ok());
+    proto::AuthProof ap{};
+    std::memcpy(ap.proof, proof->data(), 32);
+    recorded_proof = proto::Bytes(ap);
+    ASSERT_TRUE(p.src->Send(proto::MsgType::kAuthProof, 0, recorded_proof).ok());
+    dst.join();
+    ASSERT_TRUE(dst_status.ok()) << dst_status;  // session 1 was genuine
+  }
+  // Session 2: the recording, replayed to a destination with the same key.
+  Pair p = ConnectPair();
+  ASSERT_TRUE(p.src && p.dst);
+  Vm b;
+  absl::Status recv_status;
+  MigrationStats st;
+  std::thread dst([&] {
+    ReceiverOptions ropts;
+    ropts.psk = &same;
+    recv_status = Receive(p.dst.get(), b, ropts, st);
+  });
+  ASSERT_TRUE(p.src->Send(proto::MsgType::kHello, 0, hello).ok());
+  auto challenge = p.src->Receive();
+  ASSERT_TRUE(challenge.ok() && challenge->type == proto::MsgType::kAuthChallenge);
+  ASSERT_TRUE(p.src->Send(proto::MsgType::kAuthProof, 0, recorded_proof).ok());
+  dst.join();
+  EXPECT_EQ(recv_status.code(), absl::StatusCode::kUnauthenticated) << recv_status;
+  EXPECT_THAT(std::string(recv_status.message()),
+              testing::HasSubstr("authentication failed (refused by the destination)"));
+  EXPECT_EQ(b.machine, nullptr);  // nothing created, nothing registered
+}
+
+// After the handshake a message injected in the clear (or altered) fails authentication.
+TEST(Auth, AnUnsealedMessageAfterTheHandshakeIsRefused) {
+  const crypto::Psk key = TestKey(5), same = TestKey(5);
+  Pair p = ConnectPair();
+  ASSERT_TRUE(p.src && p.dst);
+  Vm b;
+  absl::Status recv_status;
+  std::thread dst([&] {
+    ReceiverOptions ropts;
+    ropts.psk = &same;
+    MigrationStats st;
+    recv_status = Receive(p.dst.get(), b, ropts, st);
+  });
+  const crypto::Nonce ns = *crypto::NewNonce();
+  const std::vector<uint8_t> hello = proto::Bytes(AuthHello(ns));
+  ASSERT_TRUE(p.src->Send(proto::MsgType::kHello, 0, hello).ok());
+  auto sealed = AuthenticateAsSource(p.src.get(), key, ns, hello);
+  ASSERT_TRUE(sealed.ok()) << sealed.status();
+  auto ack = (*sealed)->Receive();
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->type, proto::MsgType::kHelloAck);
+  proto::EndRound er{1, 1, 0, 0};  // in the clear, on the raw connection
+  ASSERT_TRUE(p.src->Send(proto::MsgType::kEndRound, 0, proto::Bytes(er)).ok());
+  dst.join();
+  EXPECT_EQ(recv_status.code(), absl::StatusCode::kUnauthenticated) << recv_status;
+  EXPECT_THAT(std::string(recv_status.message()), testing::HasSubstr("authentication failed"));
 }
 
 TEST(Engine, DestinationDyingMidMigrationLeavesTheSourceRunning) {

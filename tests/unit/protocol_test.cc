@@ -51,9 +51,9 @@ TEST(Protocol, StatusTravelsWithCodeAndText) {
   EXPECT_FALSE(proto::Parse<proto::StatusMsg>(std::vector<uint8_t>(3), MsgType::kAck).ok());
 }
 
-proto::HelloLimits Limits(const std::string& key, uint64_t max_mem = 1ull << 40) {
+proto::HelloLimits Limits(const std::string& auth, uint64_t max_mem = 1ull << 40) {
   proto::HelloLimits l;
-  l.expected_key_hash = proto::KeyHash(key);
+  l.auth = auth == "psk" ? proto::AuthMode::kPsk : proto::AuthMode::kNone;
   l.max_mem = max_mem;
   return l;
 }
@@ -66,29 +66,35 @@ TEST(Protocol, HelloChecksVersionPageSizeAndKey) {
   h.num_cpus = 2;
   h.dirty_mode = 1;
   h.transport = static_cast<uint32_t>(proto::TransportKind::kTcp);
-  h.key_hash = proto::KeyHash("secret");
-  EXPECT_TRUE(proto::CheckHello(h, Limits("secret")).ok());
-  EXPECT_EQ(proto::CheckHello(h, Limits("other")).code(), absl::StatusCode::kPermissionDenied);
+  h.auth = static_cast<uint32_t>(proto::AuthMode::kPsk);
+  EXPECT_TRUE(proto::CheckHello(h, Limits("psk")).ok());
+  // A destination with a key refuses a source that offers none, and the other way round.
+  proto::Hello none = h;
+  none.auth = 0;
+  EXPECT_EQ(proto::CheckHello(none, Limits("psk")).code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(std::string(proto::CheckHello(none, Limits("psk")).message()),
+              testing::HasSubstr("authentication failed (refused by the destination)"));
+  EXPECT_FALSE(proto::CheckHello(h, Limits("")).ok());
   proto::Hello v = h;
   v.version = 99;
-  EXPECT_THAT(std::string(proto::CheckHello(v, Limits("secret")).message()),
+  EXPECT_THAT(std::string(proto::CheckHello(v, Limits("psk")).message()),
               testing::HasSubstr("version mismatch"));
   v = h;
   v.page_size = 65536;
-  EXPECT_FALSE(proto::CheckHello(v, Limits("secret")).ok());
+  EXPECT_FALSE(proto::CheckHello(v, Limits("psk")).ok());
   v = h;
   v.num_cpus = 0;
-  EXPECT_FALSE(proto::CheckHello(v, Limits("secret")).ok());
+  EXPECT_FALSE(proto::CheckHello(v, Limits("psk")).ok());
   v.num_cpus = proto::kMaxVcpus + 1;
-  EXPECT_FALSE(proto::CheckHello(v, Limits("secret")).ok());
+  EXPECT_FALSE(proto::CheckHello(v, Limits("psk")).ok());
   v = h;
   v.features = 0x80;
-  EXPECT_THAT(std::string(proto::CheckHello(v, Limits("secret")).message()),
+  EXPECT_THAT(std::string(proto::CheckHello(v, Limits("psk")).message()),
               testing::HasSubstr("unknown feature"));
   v = h;
   v.dirty_mode = 7;
-  EXPECT_FALSE(proto::CheckHello(v, Limits("secret")).ok());
-  proto::HelloLimits rdma_only = Limits("secret");
+  EXPECT_FALSE(proto::CheckHello(v, Limits("psk")).ok());
+  proto::HelloLimits rdma_only = Limits("psk");
   rdma_only.transport = proto::TransportKind::kRdma;
   EXPECT_THAT(std::string(proto::CheckHello(h, rdma_only).message()),
               testing::HasSubstr("transport mismatch"));
@@ -102,7 +108,6 @@ TEST(Protocol, HelloBeyondMaxMemIsRefusedNamingBothSizes) {
   h.mem_size = 1ull << 40;
   h.num_cpus = 1;
   h.dirty_mode = 1;
-  h.key_hash = proto::KeyHash("");
   const absl::Status s = proto::CheckHello(h, Limits("", 2ull << 30));
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(s.message()), testing::HasSubstr("1048576 MiB"));
@@ -111,14 +116,18 @@ TEST(Protocol, HelloBeyondMaxMemIsRefusedNamingBothSizes) {
 
 // A control frame could announce 64 MiB of payload whatever its type; now each type has a bound.
 TEST(Protocol, EachMessageTypeHasAPayloadBound) {
+  constexpr uint64_t kTag = proto::kSealOverhead;  // control records after the handshake
   for (auto [type, max] : std::vector<std::pair<MsgType, uint64_t>>{
            {MsgType::kHello, sizeof(proto::Hello)},
-           {MsgType::kEndRound, sizeof(proto::EndRound)},
-           {MsgType::kComplete, sizeof(proto::Complete)},
-           {MsgType::kAck, sizeof(proto::Ack)},
-           {MsgType::kAbort, sizeof(proto::StatusMsg)},
-           {MsgType::kProgress, 8},
-           {MsgType::kDeviceState, proto::kMaxDeviceState}}) {
+           {MsgType::kAuthChallenge, sizeof(proto::AuthChallenge)},
+           {MsgType::kAuthProof, sizeof(proto::AuthProof)},
+           {MsgType::kEndRound, sizeof(proto::EndRound) + kTag},
+           {MsgType::kComplete, sizeof(proto::Complete) + kTag},
+           {MsgType::kAck, sizeof(proto::Ack) + kTag},
+           {MsgType::kAbort, sizeof(proto::StatusMsg) + kTag},
+           {MsgType::kProgress, 8 + kTag},
+           {MsgType::kDeviceState, proto::kMaxDeviceState + kTag}}) {
+    EXPECT_EQ(proto::MaxPayload(type), max) << proto::MsgTypeName(type);
     std::vector<uint8_t> payload(max);
     proto::FrameHeader full = proto::MakeHeader(type, 0, payload);
     EXPECT_TRUE(proto::CheckHeader(full).ok()) << proto::MsgTypeName(type);
