@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import unittest
@@ -32,7 +33,8 @@ class Proc:
 
     def __init__(self, args, name, program=None):
         self.name = name
-        self.args = [program or LMIG] + args
+        # Every lab src/dst (tests, demo, bench) is authenticated, with a fresh key per run.
+        self.args = [program or LMIG] + (with_key(args) if program is None else args)
         self.p = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE)
         self.out = bytearray()
@@ -152,6 +154,32 @@ def ticks(text):
 def load_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+_key = [None]
+
+
+def new_key():
+    """A fresh migration key file (`lmig-rdma keygen`, mode 0600) in a fresh folder."""
+    path = os.path.join(tempfile.mkdtemp(prefix="lmig-key-"), "migration.key")
+    subprocess.run([LMIG, "keygen", path], check=True, stdout=subprocess.DEVNULL)
+    return path
+
+
+def migration_key():
+    """This test run's key, shared by every src and dst it starts (a fresh one per run)."""
+    if _key[0] is None:
+        _key[0] = new_key()
+    return _key[0]
+
+
+def with_key(args):
+    """ARGS for lmig-rdma with this run's --psk-file added to a src or dst that names no key
+    and is not --insecure: every lab migration is authenticated."""
+    if args and args[0] in ("src", "dst") and "--psk-file" not in args and \
+            "--insecure" not in args:
+        return args + ["--psk-file", migration_key()]
+    return args
 
 
 class LabTest(unittest.TestCase):

@@ -158,17 +158,20 @@ class Faults(LabTest):
 
     def test_wrong_key_is_refused(self):
         port = labkit.next_port()
+        # Two different fresh keys: both sides say authentication failed, the destination
+        # never creates a VM (no "incoming migration") and gives up after its --timeout.
         d = self.start(["dst", "--listen", f"{LAB_IP}:{port}", "--transport", TRANSPORT,
-                        "--key", "right"], "dst")
+                        "--psk-file", labkit.new_key(), "--timeout", "10"], "dst")
         d.wait_for("listening on", 15, stream="err")
         s = self.start(["src"] + labkit.vm_args(extra_cmdline=labkit.workload(mib=16)) +
-                       ["--peer", f"{LAB_IP}:{port}", "--transport", TRANSPORT, "--key", "wrong",
-                        "--migrate-on-output", "tick 2 "], "src")
+                       ["--peer", f"{LAB_IP}:{port}", "--transport", TRANSPORT,
+                        "--psk-file", labkit.new_key(), "--migrate-on-output", "tick 2 "], "src")
         self.assertNotEqual(d.wait(60), 0)
         err = d.stderr().strip().splitlines()[-1]
-        self.assertIn("wrong key", err)
+        self.assertIn("authentication failed", err)
+        self.assertNotIn("incoming migration", d.stderr())
         self.keeps_running_then_exits_3(s)
-        self.assertIn("wrong key", s.stderr())
+        self.assertIn("authentication failed (refused by the source)", s.stderr())
 
 
 if __name__ == "__main__":
