@@ -28,7 +28,8 @@ template <typename T, void (*kFree)(T*)>
 struct OpensslDeleter {
   void operator()(T* p) const { kFree(p); }
 };
-using CipherCtx = std::unique_ptr<EVP_CIPHER_CTX, OpensslDeleter<EVP_CIPHER_CTX, EVP_CIPHER_CTX_free>>;
+using CipherCtx =
+    std::unique_ptr<EVP_CIPHER_CTX, OpensslDeleter<EVP_CIPHER_CTX, EVP_CIPHER_CTX_free>>;
 using Mac = std::unique_ptr<EVP_MAC, OpensslDeleter<EVP_MAC, EVP_MAC_free>>;
 using MacCtx = std::unique_ptr<EVP_MAC_CTX, OpensslDeleter<EVP_MAC_CTX, EVP_MAC_CTX_free>>;
 using Kdf = std::unique_ptr<EVP_KDF, OpensslDeleter<EVP_KDF, EVP_KDF_free>>;
