@@ -156,6 +156,63 @@ def load_json(path):
         return json.load(f)
 
 
+def sh(cmd):
+    """Runs CMD (a lab admin command, e.g. `ip rule ...`); fails with its output if it fails."""
+    r = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, timeout=60)
+    if r.returncode != 0:
+        raise AssertionError(f"`{cmd}` failed ({r.returncode}): {r.stdout}")
+    return r.stdout
+
+
+# A link cut on the lab's single address. TCP: `ip link set eth0 down` cuts nothing there (the
+# local route for 10.0.2.15 stays and local traffic goes on over loopback: measured 100+ MB/s
+# with eth0 down), and the lab has no nft/iptables; policy routing does cut: blackhole rules on
+# the migration's port, both directions, placed before the `local` table (moved from priority 0
+# to 100), fail route lookups (EINVAL) and drop packets, as a dead cable would. RDMA: those
+# rules do not stop rxe0 (a migration ran on through a rule blackholing all traffic to
+# 10.0.2.15), `ip link set eth0 down` does (rxe0's port goes down with its netdev).
+CUT_PREF, LOCAL_PREF = 5, 100
+
+
+def cut_selectors(port):
+    return [f"ipproto tcp dport {port}", f"ipproto tcp sport {port}"]
+
+
+def cut_link(transport, port):
+    if transport != "tcp":
+        sh("ip link set eth0 down")
+        return
+    sh(f"ip rule add pref {LOCAL_PREF} lookup local")
+    sh("ip rule del pref 0 lookup local")
+    for sel in cut_selectors(port):
+        sh(f"ip rule add pref {CUT_PREF} {sel} blackhole")
+
+
+def restore_link(transport, port):
+    """Undoes cut_link (each step tolerated missing, so that it also cleans up a half cut);
+    fails if the link is not back: rules gone, eth0 up, rxe0 ACTIVE."""
+    if transport != "tcp":
+        sh("ip link set eth0 up")
+        deadline = time.monotonic() + 30
+        while "state ACTIVE" not in sh("rdma link show rxe0/1"):
+            if time.monotonic() > deadline:
+                raise AssertionError("rxe0 not ACTIVE 30 s after eth0 up:\n" + sh("rdma link"))
+            time.sleep(0.5)
+        return
+    rules = sh("ip rule show")
+    if not re.search(r"^0:\s+from all lookup local", rules, re.M):
+        sh("ip rule add pref 0 lookup local")
+    for sel in cut_selectors(port):
+        subprocess.run(f"ip rule del pref {CUT_PREF} {sel} blackhole", shell=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(f"ip rule del pref {LOCAL_PREF} lookup local", shell=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rules = sh("ip rule show")
+    if "blackhole" in rules or f"{LOCAL_PREF}:" in rules:
+        raise AssertionError(f"the lab's link is not restored:\n{rules}")
+
+
 _key = [None]
 
 

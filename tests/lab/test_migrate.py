@@ -3,9 +3,11 @@ lab on 10.0.2.15, over the transport in LMIG_TRANSPORT (tcp or rdma, default tcp
 the project's workload, which verifies its memory all the time: errors=0 and an unbroken tick
 sequence across hosts prove no write was lost."""
 
+import errno
 import os
 import re
 import signal
+import socket
 import time
 
 import labkit
@@ -18,7 +20,9 @@ def stats_path(name):
     return os.path.join(labkit.RESULTS, f"{TRANSPORT}-{name}-{os.getpid()}.json")
 
 
-class Migrate(LabTest):
+class Peers(LabTest):
+    """Starting the two sides of a migration (no tests of its own)."""
+
     def dst(self, port, *extra, name="dst", stats=None):
         args = ["dst", "--listen", f"{LAB_IP}:{port}", "--transport", TRANSPORT]
         if stats:
@@ -51,6 +55,8 @@ class Migrate(LabTest):
         p.send("reboot -f\n")
         self.assertEqual(p.wait(60), 0, p.tails(err=2000, out=0))
 
+
+class Migrate(Peers):
     def migrate_once(self, cpus=1, mem="512M", wl=None, extra_src=()):
         port = labkit.next_port()
         s_json, d_json = stats_path("src"), stats_path("dst")
@@ -126,7 +132,7 @@ class Migrate(LabTest):
         self.assert_ticks_continue(s.stdout(), hop1.stdout(), hop2.stdout(), hop3.stdout())
 
 
-class Faults(LabTest):
+class Faults(Peers):
     def keeps_running_then_exits_3(self, s):
         """After a failed migration the guest keeps ticking on the source (errors=0)."""
         s.wait_for("the guest keeps running here", 120, stream="err")
@@ -172,6 +178,172 @@ class Faults(LabTest):
         self.assertNotIn("incoming migration", d.stderr())
         self.keeps_running_then_exits_3(s)
         self.assertIn("authentication failed (refused by the source)", s.stderr())
+
+
+# The fault tests below give both sides --timeout T; a side must notice a fault within
+# T + MARGIN seconds of it (MARGIN: the lab's nested guests and 2 shared cores are slow).
+T = 10
+MARGIN = 5
+# Stop-and-copy that lasts seconds: 2 pre-copy rounds at 6 MB/s while the guest rewrites
+# 16 MiB at 8 MiB/s, so the final round carries ~16 MiB (~3 s), and pre-copy ~15 s.
+STOPCOPY_SRC = ("--max-rounds", "2", "--max-bandwidth", "6M")
+STOPCOPY_WL = labkit.workload(mib=16, rate=8)
+
+
+class Failures(Peers):
+    """A fault during a migration: what each side must do about it (no tests of its own)."""
+
+    def start_pair(self, port, src_extra, wl=STOPCOPY_WL):
+        s_json, d_json = stats_path("src"), stats_path("dst")
+        d = self.dst(port, "--timeout", str(T), stats=d_json)
+        s = self.src(port, labkit.vm_args(mem="256M", extra_cmdline=wl),
+                     "--migrate-on-output", "tick 2 ", "--timeout", str(T), *src_extra,
+                     stats=s_json)
+        return s, d, s_json, d_json
+
+    def src_fails(self, s, since, bound):
+        """The source reports the failure within BOUND s of SINCE (the fault); returns its
+        reason and when it was seen."""
+        m = s.wait_for(r"src: migration failed: (.*); the guest keeps running here", bound + 10,
+                       stream="err")
+        seen = time.monotonic()
+        self.assertLessEqual(seen - since, bound,
+                             f"src gave up {seen - since:.1f}s after the fault\n" + s.tails(out=0))
+        print(f"  {TRANSPORT}: src gave up {seen - since:.1f}s after the fault: {m.group(1)}",
+              flush=True)
+        return m.group(1), seen
+
+    def assert_dst_failed(self, d, d_json, since, bound):
+        """D exits 1 within BOUND s of SINCE and never ran the guest: no console output, no
+        "guest resumed", its last line says the migration failed, its stats say failed."""
+        rc = d.wait(bound + 10)
+        took = time.monotonic() - since
+        err = d.stderr()
+        self.assertEqual(rc, 1, d.tails(out=0))
+        self.assertLessEqual(took, bound, f"dst exited {took:.1f}s after the fault\n" + d.tails())
+        self.assertRegex(err.strip().splitlines()[-1],
+                         r"^lmig-rdma: dst: migration failed, no guest resumed: ")
+        self.assertNotIn("lmig-rdma dst: guest resumed", err)
+        self.assertEqual(d.stdout(), "", "a guest ran on the destination")
+        self.assertEqual(labkit.load_json(d_json)["status"], "failed")
+        print(f"  {TRANSPORT}: dst exited 1 {took:.1f}s after the fault", flush=True)
+        return took
+
+    def keeps_ticking(self, s):
+        """The guest runs on at the source after the failure (its vCPUs were resumed)."""
+        n = labkit.ticks(s.stdout())[-1][0]
+        s.wait_for(rf"tick {n + 2} ", 30)
+
+    def retry_completes(self, s, port, s_json):
+        """A fresh destination on the same port; the source's one retry (--migrate-retries 1)
+        migrates the guest there: src exits 0, ticks unbroken across both, errors=0."""
+        d2 = self.dst(port, name="dst2")
+        self.assertNotIn("retrying the migration", s.stderr(),
+                         "the retry began before the fresh destination listened")
+        self.assertEqual(s.wait(300), 0, self.why_src_failed(s, d2))
+        err = s.stderr()
+        self.assertEqual(err.count("the guest keeps running here"), 1, s.tails(out=0))
+        self.assertEqual(err.count("retrying the migration (attempt 2 of 2)"), 1, s.tails(out=0))
+        self.assertIn(f"guest migrated to {LAB_IP}:{port}", err)
+        self.assertEqual(labkit.load_json(s_json)["status"], "completed")
+        last = labkit.ticks(s.stdout())[-1][0]
+        self.finish_on(d2, last + 3, came_from=s)
+        self.assert_ticks_continue(s.stdout(), d2.stdout())
+
+
+class StopAndCopyFaults(Failures):
+    def test_source_killed_mid_migration(self):
+        """SIGKILL of the source in round 1: the destination exits 1 within T + MARGIN s and
+        never runs the partial guest."""
+        port = labkit.next_port()
+        s, d, _, d_json = self.start_pair(port, ("--max-bandwidth", "6M"))
+        s.wait_for(r"src: connected, setup .*; round 1", 120, stream="err")
+        d.wait_for("incoming migration", 30, stream="err")
+        time.sleep(2)
+        self.assertNotRegex(s.stderr(), r"src: round 1: \d+ pages", "round 1 ended before the kill")
+        s.kill()
+        self.assert_dst_failed(d, d_json, time.monotonic(), T + MARGIN)
+
+    def test_destination_killed_in_stop_and_copy(self):
+        """SIGKILL of the destination while the source is paused in the final round: the
+        source gives up within T + MARGIN s, resumes the guest (errors=0), reports the real
+        pause, and its retry migrates the guest to a fresh destination."""
+        port = labkit.next_port()
+        s, d, s_json, _ = self.start_pair(
+            port, STOPCOPY_SRC + ("--migrate-retries", "1", "--retry-delay", "10"))
+        s.wait_for(r"src: stop-and-copy: ", 240, stream="err")
+        paused = time.monotonic()
+        d.kill()
+        self.assertNotRegex(s.stderr(), r"\(stop-and-copy\): \d+ pages",
+                            "the final round ended before the kill")
+        _, failed = self.src_fails(s, paused, T + MARGIN)
+        st = labkit.load_json(s_json)  # the failed attempt's (the retry rewrites it)
+        self.assertEqual(st["status"], "failed")
+        self.assertGreater(st["downtime_ms"], 0)
+        self.assertLessEqual(st["downtime_ms"], (failed - paused + 1) * 1000)
+        print(f"  {TRANSPORT}: paused {st['downtime_ms']:.0f} ms", flush=True)
+        self.keeps_ticking(s)
+        self.retry_completes(s, port, s_json)
+
+    def test_destination_stalled_in_stop_and_copy(self):
+        """SIGSTOP of the destination in the final round: the source gives up when its
+        stop-and-copy deadline (--timeout T) passes, resumes the guest, reports status failed
+        with downtime_ms = the real pause (>= the stall, <= T + 3 s); the destination, let go
+        again, resumes no guest; the retry migrates to a fresh destination."""
+        port = labkit.next_port()
+        s, d, s_json, d_json = self.start_pair(
+            port, STOPCOPY_SRC + ("--migrate-retries", "1", "--retry-delay", "10"))
+        s.wait_for(r"src: stop-and-copy: ", 240, stream="err")
+        paused = time.monotonic()
+        d.kill(signal.SIGSTOP)
+        try:
+            _, failed = self.src_fails(s, paused, T + MARGIN)
+            self.assertGreaterEqual(failed - paused, T - 1, "gave up before --timeout passed")
+            st = labkit.load_json(s_json)
+            self.assertEqual(st["status"], "failed")
+            self.assertGreaterEqual(st["downtime_ms"], (T - 1) * 1000)
+            self.assertLessEqual(st["downtime_ms"], min(failed - paused + 1, T + 3) * 1000)
+            print(f"  {TRANSPORT}: paused {st['downtime_ms']:.0f} ms", flush=True)
+            self.keeps_ticking(s)
+        finally:
+            d.kill(signal.SIGCONT)
+        self.assert_dst_failed(d, d_json, time.monotonic(), T + MARGIN)
+        self.retry_completes(s, port, s_json)
+
+
+class LinkCut(Failures):
+    def test_link_cut_mid_migration(self):
+        """The link dies in round 1 (labkit.cut_link: TCP, blackhole rules on the migration's
+        port; RDMA, eth0 down): both sides fail within T + MARGIN s, the source keeps
+        the guest (errors=0); with the link back its retry migrates to a fresh destination."""
+        port = labkit.next_port()
+        s, d, s_json, d_json = self.start_pair(
+            port, ("--max-bandwidth", "6M", "--migrate-retries", "1", "--retry-delay", "12"))
+        s.wait_for(r"src: connected, setup .*; round 1", 120, stream="err")
+        d.wait_for("incoming migration", 30, stream="err")
+        time.sleep(2)
+        try:
+            labkit.cut_link(TRANSPORT, port)
+            cut = time.monotonic()
+            if TRANSPORT == "tcp":
+                # No TCP listener on PORT now: uncut, a connection is refused at once
+                # (ECONNREFUSED); cut, the blackhole rule fails the route lookup (EINVAL).
+                try:
+                    socket.create_connection((LAB_IP, port), timeout=2).close()
+                    self.fail("the cut lets a TCP connection through")
+                except socket.timeout:
+                    pass
+                except OSError as e:
+                    self.assertEqual(e.errno, errno.EINVAL, f"the cut lets TCP through: {e}")
+            else:
+                self.assertNotIn("state ACTIVE", labkit.sh("rdma link show rxe0/1"))
+            self.src_fails(s, cut, T + MARGIN)
+            self.assert_dst_failed(d, d_json, cut, T + MARGIN)
+        finally:
+            labkit.restore_link(TRANSPORT, port)
+        self.assertEqual(labkit.load_json(s_json)["status"], "failed")
+        self.keeps_ticking(s)
+        self.retry_completes(s, port, s_json)
 
 
 if __name__ == "__main__":
