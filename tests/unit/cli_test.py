@@ -90,7 +90,7 @@ class BadInput(unittest.TestCase):
                    "HOST:PORT")
         self.fails(["src", "--kernel", self.kernel, "--peer", "10.0.0.1:99999"],
                    "10.0.0.1:99999")
-        self.fails(["dst", "--listen", "192.0.2.1:4444", "--transport", "tcp"],
+        self.fails(["dst", "--listen", "192.0.2.1:4444", "--transport", "tcp", "--insecure"],
                    "192.0.2.1:4444")
         self.fails(["src", "--kernel", self.kernel, "--peer", "10.0.0.1:1",
                     "--max-bandwidth", "fast"], "--max-bandwidth")
@@ -125,6 +125,27 @@ class BadInput(unittest.TestCase):
             self.assertEqual(f.read(), key)
         self.fails(["keygen", os.path.join(self.tmp.name, "no", "dir", "k")], "No such file",
                    status=1)
+
+    def test_a_key_file_others_can_read_is_refused(self):
+        path = os.path.join(self.tmp.name, "shared.key")
+        with open(path, "wb") as f:
+            f.write(os.urandom(32))
+        os.chmod(path, 0o644)
+        self.fails(["dst", "--listen", "127.0.0.1:9", "--psk-file", path], path, "mode 0644")
+        self.fails(["src", "--kernel", self.kernel, "--peer", "127.0.0.1:9", "--psk-file", path],
+                   path, "mode 0644")
+        short = os.path.join(self.tmp.name, "short.key")
+        with open(short, "wb") as f:
+            f.write(b"x" * 16)
+        os.chmod(short, 0o600)
+        self.fails(["dst", "--listen", "127.0.0.1:9", "--psk-file", short], short)
+        # --key (a key on the command line, visible in ps) is gone.
+        self.fails(["dst", "--listen", "127.0.0.1:9", "--key", "secret"], "--key")
+
+    def test_a_destination_without_a_key_listens_on_loopback_only(self):
+        line = self.fails(["dst", "--listen", "0.0.0.0:4444", "--transport", "tcp"],
+                          "--listen 0.0.0.0:4444", "--psk-file", "--insecure")
+        self.assertIn("loopback", line)
 
     def test_destination_refuses_a_stream_that_is_not_a_migration(self):
         # Something that is not lmig-rdma connects: the destination names the problem and
