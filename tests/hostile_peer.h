@@ -31,6 +31,21 @@ inline double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
+// A HELLO a destination accepts (no --psk-file on it unless AUTH is kPsk).
+inline proto::Hello ValidHello(uint64_t mem, proto::TransportKind transport =
+                                                 proto::TransportKind::kTcp,
+                               proto::AuthMode auth = proto::AuthMode::kNone) {
+  proto::Hello h{};
+  h.version = proto::kVersion;
+  h.page_size = 4096;
+  h.mem_size = mem;
+  h.num_cpus = 1;
+  h.transport = static_cast<uint32_t>(transport);
+  h.dirty_mode = 1;
+  h.auth = static_cast<uint32_t>(auth);
+  return h;
+}
+
 inline uint16_t Port() {
   static std::mt19937 rng(::getpid() * 7919);
   return static_cast<uint16_t>(20000 + rng() % 30000);

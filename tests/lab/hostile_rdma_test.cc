@@ -27,18 +27,23 @@ std::vector<uint8_t> OkAck(std::span<const uint8_t> regions) {
   return a;
 }
 
-// Runs the sender on M against a fake RDMA destination FAKE(transport, its memory).
-absl::Status RunSender(Machine* m, const std::function<void(Transport*, std::vector<uint8_t>&)>& fake,
-                       MigrationStats& stats, SenderOptions opts) {
-  std::unique_ptr<Listener> listener;
-  uint16_t port = 0;
-  for (int i = 0; i < 10 && !listener; ++i) {
+// An RDMA listener on a free port of the lab's address (PORT gets the port).
+std::unique_ptr<Listener> ListenRdma(uint16_t& port) {
+  for (int i = 0; i < 10; ++i) {
     port = Port();
     auto l = ListenTransport(proto::TransportKind::kRdma, LabIp(), port, {});
     if (l.ok()) {
-      listener = std::move(*l);
+      return std::move(*l);
     }
   }
+  return nullptr;
+}
+
+// Runs the sender on M against a fake RDMA destination FAKE(transport, its memory).
+absl::Status RunSender(Machine* m, const std::function<void(Transport*, std::vector<uint8_t>&)>& fake,
+                       MigrationStats& stats, SenderOptions opts) {
+  uint16_t port = 0;
+  std::unique_ptr<Listener> listener = ListenRdma(port);
   if (!listener) {
     return absl::InternalError("no RDMA listener");
   }
@@ -117,15 +122,8 @@ TEST(RdmaHostileDestination, AStallInStopAndCopyResumesTheGuestWithinTheTimeout)
 // The source never exposes its memory: it sends no region table and registers no remote access.
 TEST(RdmaHostileDestination, TheSourceOffersNoRemoteAccessToItsMemory) {
   std::vector<uint8_t> mem(1 << 20);
-  std::unique_ptr<Listener> listener;
   uint16_t port = 0;
-  for (int i = 0; i < 10 && !listener; ++i) {
-    port = Port();
-    auto l = ListenTransport(proto::TransportKind::kRdma, LabIp(), port, {});
-    if (l.ok()) {
-      listener = std::move(*l);
-    }
-  }
+  std::unique_ptr<Listener> listener = ListenRdma(port);
   ASSERT_TRUE(listener);
   std::thread dst([&] { (void)listener->Accept(absl::Now() + absl::Seconds(30)); });
   auto t = ConnectTransport(proto::TransportKind::kRdma, LabIp(), port, {});
@@ -167,13 +165,7 @@ TEST(RdmaHostileSource, ASecondConnectionDuringAMigrationIsRefusedAtOnce) {
   Dst d({"--timeout", "10"}, "rdma", LabIp());
   auto first = ConnectTransport(proto::TransportKind::kRdma, LabIp(), d.port(), {});
   ASSERT_TRUE(first.ok()) << first.status();
-  proto::Hello h{};
-  h.version = proto::kVersion;
-  h.page_size = 4096;
-  h.mem_size = 16 << 20;
-  h.num_cpus = 1;
-  h.transport = static_cast<uint32_t>(proto::TransportKind::kRdma);
-  h.dirty_mode = 1;
+  const proto::Hello h = ValidHello(16 << 20, proto::TransportKind::kRdma);
   ASSERT_TRUE((*first)->Send(MsgType::kHello, 0, proto::Bytes(h)).ok());
   auto ack = (*first)->Receive();
   ASSERT_TRUE(ack.ok() && ack->type == MsgType::kHelloAck) << d.Stderr();

@@ -140,17 +140,6 @@ int Connect(uint16_t port) {
 
 std::vector<uint8_t> OkStatus() { return proto::Bytes(proto::MakeStatusMsg(absl::OkStatus())); }
 
-proto::Hello ValidHello(uint64_t mem, uint32_t cpus = 1) {
-  proto::Hello h{};
-  h.version = proto::kVersion;
-  h.page_size = 4096;
-  h.mem_size = mem;
-  h.num_cpus = cpus;
-  h.transport = static_cast<uint32_t>(proto::TransportKind::kTcp);
-  h.dirty_mode = 1;
-  return h;
-}
-
 // ---- source side: the engine against a lying destination ------------------------------------
 
 // Runs the sender against a fake destination (FAKE gets the accepted socket).

@@ -13,6 +13,7 @@
 #include "src/migration/machine_vm.h"
 #include "src/migration/receiver.h"
 #include "src/migration/secure_channel.h"
+#include "tests/hostile_peer.h"
 #include "src/crypto/primitives.h"
 #include "src/migration/sender.h"
 #include "tests/unit/tiny_guest.h"
@@ -287,14 +288,8 @@ TEST(Auth, AKeyedDestinationRefusesASourceWithoutAKey) {
 }
 
 proto::Hello AuthHello(const crypto::Nonce& ns) {
-  proto::Hello h{};
-  h.version = proto::kVersion;
-  h.page_size = 4096;
-  h.mem_size = 16 << 20;
-  h.num_cpus = 1;
-  h.transport = static_cast<uint32_t>(proto::TransportKind::kTcp);
-  h.dirty_mode = 1;
-  h.auth = static_cast<uint32_t>(proto::AuthMode::kPsk);
+  proto::Hello h =
+      hostile::ValidHello(16 << 20, proto::TransportKind::kTcp, proto::AuthMode::kPsk);
   std::memcpy(h.nonce, ns.data(), 32);
   return h;
 }
