@@ -8,15 +8,12 @@
 #include "include/lmig/status.h"
 
 namespace lmig {
-namespace {
 
 // The completion token behind every user_data.
-struct Completion {
+struct Reactor::Completion {
   Reactor::Callback cb;
   __kernel_timespec ts{};
 };
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<Reactor>> Reactor::Create(unsigned entries) {
   std::unique_ptr<Reactor> r(new Reactor());
@@ -36,6 +33,17 @@ Reactor::~Reactor() {
   if (initialized_) {
     io_uring_queue_exit(&ring_);
   }
+  // The ring is gone, so no CQE will ever name these (a pending console read, say).
+  for (Completion* c : live_) {
+    delete c;
+  }
+}
+
+Reactor::Completion* Reactor::NewCompletion(Callback cb) {
+  auto* c = new Completion{std::move(cb)};
+  live_.insert(c);
+  ++in_flight_;
+  return c;
 }
 
 bool Reactor::Supports(int op) const {
@@ -55,8 +63,7 @@ io_uring_sqe* GetSqe(io_uring* ring) {
 
 io_uring_sqe* Reactor::Prepare(Callback cb) {
   io_uring_sqe* sqe = GetSqe(&ring_);
-  io_uring_sqe_set_data(sqe, new Completion{std::move(cb)});
-  ++in_flight_;
+  io_uring_sqe_set_data(sqe, NewCompletion(std::move(cb)));
   return sqe;
 }
 
@@ -73,9 +80,8 @@ void Reactor::PollIn(int fd, Callback cb) {
 }
 
 void Reactor::Timeout(absl::Duration d, Callback cb) {
-  auto* c = new Completion{std::move(cb)};
   io_uring_sqe* sqe = GetSqe(&ring_);
-  ++in_flight_;
+  Completion* c = NewCompletion(std::move(cb));
   c->ts.tv_sec = absl::ToInt64Seconds(d);
   c->ts.tv_nsec = absl::ToInt64Nanoseconds(d - absl::Seconds(c->ts.tv_sec));
   io_uring_prep_timeout(sqe, &c->ts, 0, 0);
@@ -108,6 +114,7 @@ absl::Status Reactor::Step(bool wait) {
       }
       Callback cb = more ? c->cb : std::move(c->cb);
       if (!more) {
+        live_.erase(c);
         delete c;
       }
       cb(res, flags);

@@ -8,6 +8,7 @@
 
 #include <functional>
 #include <memory>
+#include <unordered_set>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -45,13 +46,17 @@ class Reactor {
   size_t in_flight() const { return in_flight_; }
 
  private:
+  struct Completion;
   Reactor() = default;
   absl::Status Step(bool wait);
+  Completion* NewCompletion(Callback cb);
   io_uring ring_{};
   bool initialized_ = false;
   bool stopped_ = false;
   size_t in_flight_ = 0;
   io_uring_probe* probe_ = nullptr;
+  // Every Completion not yet reaped: what the destructor frees of operations still in flight.
+  std::unordered_set<Completion*> live_;
 };
 
 }  // namespace lmig
