@@ -6,6 +6,7 @@ PACKAGES=(cmake ninja-build g++ pkg-config linux-libc-dev liburing-dev libibverb
   librdmacm-dev rdma-core ibverbs-providers ibverbs-utils perftest libabsl-dev libgtest-dev
   libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev libxxhash-dev qemu-system-x86
   libssl-dev busybox-static cpio kmod iproute2 socat python3 procps)
+PACKAGES+=(clang libclang-rt-dev)  # tools/lib/sanitize.sh: libFuzzer, ASan/UBSan runtimes
 
 lmig_install_deps() {
   local missing=()
