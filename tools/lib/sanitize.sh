@@ -47,8 +47,14 @@ case ${1:-} in
     seeds=$ROOT/tests/fuzz/corpus/$name
     [[ -d $seeds ]] || { echo "sanitize: no seed corpus $seeds" >&2; exit 1; }
     # New inputs go to the first corpus folder: a fresh one in build-fuzz/, never tests/.
+    # (fuzz_corpus writes every target's seeds: into a folder of this run's own, since the
+    # targets run in parallel.)
+    fresh=$(mktemp -d "$fuzz/corpus-$name.XXXXXX")
+    "$fuzz/fuzz_corpus" "$fresh"
     rm -rf "$fuzz/corpus/$name"
-    "$fuzz/fuzz_corpus" "$fuzz/corpus"
+    mkdir -p "$fuzz/corpus"
+    mv "$fresh/$name" "$fuzz/corpus/$name"
+    rm -rf "$fresh"
     mkdir -p "$fuzz/artifacts"
     log=$fuzz/fuzz_$name.log
     status=0
