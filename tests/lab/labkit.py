@@ -171,7 +171,8 @@ def sh(cmd):
 # the migration's port, both directions, placed before the `local` table (moved from priority 0
 # to 100), fail route lookups (EINVAL) and drop packets, as a dead cable would. RDMA: those
 # rules do not stop rxe0 (a migration ran on through a rule blackholing all traffic to
-# 10.0.2.15), `ip link set eth0 down` does (rxe0's port goes down with its netdev).
+# 10.0.2.15), `ip link set eth0 down` does (rxe0's port goes down with its netdev). Recreating
+# rxe0 afterwards is no way out: `rdma link delete` blocks while any process holds rxe0.
 CUT_PREF, LOCAL_PREF = 5, 100
 
 
@@ -194,6 +195,10 @@ def restore_link(transport, port):
     fails if the link is not back: rules gone, eth0 up, rxe0 ACTIVE."""
     if transport != "tcp":
         sh("ip link set eth0 up")
+        # What still holds rxe0 (a failed attempt's QPs and CM ids should be gone): after a cut
+        # with a live connection no new rdma_cm connection has established in that lab.
+        print("  rxe0 after the cut:\n" + sh("rdma resource show qp; rdma resource show cm_id"),
+              flush=True)
         deadline = time.monotonic() + 30
         while "state ACTIVE" not in sh("rdma link show rxe0/1"):
             if time.monotonic() > deadline:

@@ -337,8 +337,9 @@ class LinkCut(Failures):
                     self.assertEqual(e.errno, errno.EINVAL, f"the cut lets TCP through: {e}")
             else:
                 self.assertNotIn("state ACTIVE", labkit.sh("rdma link show rxe0/1"))
-            self.src_fails(s, cut, T + MARGIN)
+            # dst first: when the source hangs, what the destination did is still reported.
             self.assert_dst_failed(d, d_json, cut, T + MARGIN)
+            self.src_fails(s, cut, T + MARGIN)
         finally:
             labkit.restore_link(TRANSPORT, port)
         self.assertEqual(labkit.load_json(s_json)["status"], "failed")
