@@ -1,6 +1,8 @@
 #include "src/devices/uart.h"
 
+#include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <ctime>
 
 #include "absl/strings/str_format.h"
@@ -28,8 +30,10 @@ uint8_t Bcd(int v) { return static_cast<uint8_t>(((v / 10) << 4) | (v % 10)); }
 }  // namespace
 
 std::vector<uint8_t> UartState::Serialize() const {
-  std::vector<uint8_t> b = {ier, iir, lcr, mcr, lsr, msr, scr, dll, dlm, fcr, thr_ipending};
-  b.insert(b.end(), rx.begin(), rx.end());
+  const uint8_t fixed[] = {ier, iir, lcr, mcr, lsr, msr, scr, dll, dlm, fcr, thr_ipending};
+  std::vector<uint8_t> b(sizeof(fixed) + rx.size());
+  std::copy(std::begin(fixed), std::end(fixed), b.begin());
+  std::copy(rx.begin(), rx.end(), b.begin() + sizeof(fixed));
   return b;
 }
 
