@@ -51,6 +51,8 @@ void DecodeMessage(MsgType type, std::span<const uint8_t> payload) {
   ParseAs<Complete>(payload, type);
   ParseAs<StatusMsg>(payload, type);
   ParseAs<Ack>(payload, type);
+  ParseAs<AuthChallenge>(payload, type);
+  ParseAs<AuthProof>(payload, type);
   ParseAs<uint64_t>(payload, type);  // PROGRESS
   switch (type) {
     case MsgType::kHello:

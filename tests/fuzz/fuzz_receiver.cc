@@ -6,9 +6,12 @@
 //     inside the VM's memory; the destination never sends memory or takes the peer's;
 //   - the guest is resumed at most once, only from the very state blob the validator
 //     accepted, and only then is an ACK sent and the migration reported done;
-//   - a migration that fails ends with an ABORT and no resumed guest.
+//   - a migration that fails ends with no resumed guest and no ACK;
+//   - a destination that requires the pre-shared key creates no VM for a source that cannot
+//     prove it (the fuzzer has no key, and the destination's nonce is fresh every run).
 //
-// Input: byte 0 bit 0 = transport (0 TCP, 1 RDMA); then messages, each u8 type, u32 arg,
+// Input: byte 0 bit 0 = transport (0 TCP, 1 RDMA), bit 1 = the destination requires a PSK;
+// then messages, each u8 type, u32 arg,
 // u32 length (little endian), then that many payload bytes (cut short at the end of input).
 // The fake transport checks each as CheckHeader would a real frame's header; PAGES frames
 // (arg = RAM offset) go into guest memory as TcpTransport puts them, never to the receiver.
@@ -27,6 +30,7 @@
 #include "include/lmig/protocol.h"
 #include "include/lmig/status.h"
 #include "include/lmig/transport.h"
+#include "src/crypto/psk.h"
 #include "src/machine/state_codec.h"
 #include "src/migration/receiver.h"
 #include "tests/fuzz/fuzz_check.h"
@@ -165,11 +169,21 @@ void RunOne(std::span<const uint8_t> data) {
   int created = 0;
   ReceiverOptions opts;
   opts.max_mem = kMaxMem;
+  static const crypto::Psk* const psk = [] {
+    absl::StatusOr<crypto::Psk> k = crypto::Psk::FromBytes(std::vector<uint8_t>(32, 0x11));
+    FUZZ_CHECK(k.ok());
+    return new crypto::Psk(std::move(*k));
+  }();
+  const bool with_psk = data[0] & 2;
+  if (with_psk) {
+    opts.psk = psk;
+  }
   MigrationReceiver r(
       &t, opts,
       [&](const proto::Hello& h) -> absl::StatusOr<IncomingVm*> {
         ++created;
         FUZZ_CHECK(created == 1);
+        FUZZ_CHECK(!with_psk);
         proto::HelloLimits limits;
         limits.max_mem = kMaxMem;
         limits.transport = kind;

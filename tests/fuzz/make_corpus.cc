@@ -305,6 +305,20 @@ void WriteReceiver(Writer& w) {
   w.Put("receiver", "tcp-2cpu", ReceiverSession(proto::TransportKind::kTcp, 2, false));
   w.Put("receiver", "rdma-1cpu", ReceiverSession(proto::TransportKind::kRdma, 1, false));
   w.Put("receiver", "tcp-abort", ReceiverSession(proto::TransportKind::kTcp, 1, true));
+  // A destination that requires the key, and a source that answers its challenge with a
+  // proof it could not have computed, then carries on as if accepted.
+  Bytes psk = ReceiverSession(proto::TransportKind::kTcp, 1, false);
+  psk[0] = 2;
+  Bytes hello_auth;
+  proto::Hello h = ValidHello(1, proto::TransportKind::kTcp);
+  h.mem_size = 64 << 10;
+  h.auth = static_cast<uint32_t>(proto::AuthMode::kPsk);
+  Msg(hello_auth, MsgType::kHello, 0, proto::Bytes(h));
+  Msg(hello_auth, MsgType::kAuthProof, 0, Bytes(sizeof(proto::AuthProof), 0x22));
+  Bytes out{2};
+  Append(out, hello_auth);
+  out.insert(out.end(), psk.begin() + 1 + 9 + sizeof(proto::Hello), psk.end());
+  w.Put("receiver", "tcp-psk", out);
 }
 
 }  // namespace
