@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -143,8 +144,10 @@ std::vector<uint8_t> OkStatus() { return proto::Bytes(proto::MakeStatusMsg(absl:
 // ---- source side: the engine against a lying destination ------------------------------------
 
 // Runs the sender against a fake destination (FAKE gets the accepted socket).
+// DONE (optional) is set once the sender has returned and its transport is gone.
 absl::Status RunSender(Machine* m, const std::function<void(int)>& fake, MigrationStats& stats,
-                       SenderOptions opts = {}, absl::Duration timeout = absl::Seconds(10)) {
+                       SenderOptions opts = {}, absl::Duration timeout = absl::Seconds(10),
+                       std::atomic<bool>* done = nullptr) {
   uint16_t port = 0;
   const int lfd = Listen(port);
   if (lfd < 0) {
@@ -163,6 +166,9 @@ absl::Status RunSender(Machine* m, const std::function<void(int)>& fake, Migrati
     MigrationSender sender(m, t->get(), opts, [](const std::string&) {});
     s = sender.Run(stats);
     t->reset();
+  }
+  if (done != nullptr) {
+    *done = true;
   }
   dst.join();
   ::close(lfd);
@@ -242,6 +248,35 @@ TEST(HostileDestination, AStallInStopAndCopyResumesTheGuestWithinTheTimeout) {
   EXPECT_THAT(std::string(s.message()), testing::HasSubstr("stop-and-copy"));
   EXPECT_GE(stats.downtime_ms, 1900);  // the real pause, not 0
   EXPECT_LE(stats.downtime_ms, 4000);
+  ExpectGuestRunsToItsEnd(a);
+}
+
+// A destination that stopped reading (SIGSTOPped, or behind a cut link) hung the source: the
+// send failed on time, but closing the connection waited forever for zero-copy notifications
+// of bytes the peer would never acknowledge.
+TEST(HostileDestination, APeerThatStopsReadingCannotHangTheSource) {
+  SourceVm a;
+  ASSERT_NO_FATAL_FAILURE(StartCounter(a));
+  std::memset(a.machine->memory().base() + (2 << 20), 0x5a, 13 << 20);  // more than buffers hold
+  std::atomic<bool> sender_done{false};
+  MigrationStats stats;
+  const auto start = Clock::now();
+  double returned_after = 0;
+  absl::Status s = RunSender(a.machine.get(), [&](int fd) {
+    ASSERT_TRUE(ReadUntil(fd, MsgType::kHello));
+    ASSERT_TRUE(SendFrame(fd, MsgType::kHelloAck, 0, OkStatus()));
+    const int small = 4096;
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    // Reads nothing more, and keeps the connection open, until the source has given up.
+    for (int i = 0; i < 300 && !sender_done; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }, stats, SenderOptions{}, absl::Seconds(1), &sender_done);
+  returned_after = SecondsSince(start);
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  // RunSender returns after the transport is destroyed: bounded, not waiting on the peer.
+  EXPECT_LT(returned_after, 15) << s;
   ExpectGuestRunsToItsEnd(a);
 }
 

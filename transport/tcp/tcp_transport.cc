@@ -60,8 +60,16 @@ class TcpTransport : public Transport {
     zero_copy_ = reactor_->Supports(IORING_OP_SENDMSG_ZC);
   }
   ~TcpTransport() override {
-    // Let outstanding zero-copy notifications arrive before the headers they pin go away.
-    (void)Drain();
+    // Let outstanding zero-copy notifications arrive before the headers they pin go away. A
+    // peer that stopped reading (stalled, or behind a cut link) never acknowledges the bytes
+    // the kernel still holds, and their notifications never come: then abort the connection
+    // (RST; the kernel drops its send queue, which completes them) and wait a bounded while.
+    if (!DrainFor(absl::Seconds(1))) {
+      const linger abort_now{1, 0};
+      ::setsockopt(sock_.get(), SOL_SOCKET, SO_LINGER, &abort_now, sizeof(abort_now));
+      sock_ = UniqueFd();
+      (void)DrainFor(absl::Seconds(5));
+    }
   }
 
   proto::TransportKind kind() const override { return proto::TransportKind::kTcp; }
@@ -277,8 +285,18 @@ class TcpTransport : public Transport {
     return st->result;
   }
 
-  absl::Status Drain() {
-    return reactor_->RunUntil([&] { return zc_pending_ == 0 && reactor_->in_flight() == 0; });
+  // Waits up to LIMIT for every operation and zero-copy notification; true if all came.
+  bool DrainFor(absl::Duration limit) {
+    if (zc_pending_ == 0 && reactor_->in_flight() == 0) {
+      return true;
+    }
+    auto expired = std::make_shared<bool>(false);
+    reactor_->Timeout(limit, [expired](int, uint32_t) { *expired = true; });
+    // In flight besides our own timer (which counts until it fires).
+    const auto others = [&] { return reactor_->in_flight() - (*expired ? 0 : 1); };
+    absl::Status s =
+        reactor_->RunUntil([&] { return (zc_pending_ == 0 && others() == 0) || *expired; });
+    return s.ok() && zc_pending_ == 0;
   }
 
   UniqueFd sock_;
