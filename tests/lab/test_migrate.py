@@ -320,10 +320,14 @@ class LinkCut(Failures):
     def test_link_cut_mid_migration(self):
         """The link dies in round 1 (labkit.cut_link: TCP, blackhole rules on the migration's
         port; RDMA, eth0 down): both sides fail within T + MARGIN s, the source keeps
-        the guest (errors=0); with the link back its retry migrates to a fresh destination."""
+        the guest (errors=0); with the link back its retry migrates to a fresh destination.
+        Over RDMA the retry is not tried: after a flap of eth0 under it, the lab's rxe0 shows
+        ACTIVE but establishes no new rdma_cm connection for any process until it is
+        re-created, which needs every process that opened it to exit (librdmacm keeps its
+        devices open for a process's life): README, Known issues."""
         port = labkit.next_port()
-        s, d, s_json, d_json = self.start_pair(
-            port, ("--max-bandwidth", "6M", "--migrate-retries", "1", "--retry-delay", "12"))
+        retry = ("--migrate-retries", "1", "--retry-delay", "12") if TRANSPORT == "tcp" else ()
+        s, d, s_json, d_json = self.start_pair(port, ("--max-bandwidth", "6M") + retry)
         s.wait_for(r"src: connected, setup .*; round 1", 120, stream="err")
         d.wait_for("incoming migration", 30, stream="err")
         time.sleep(2)
@@ -349,7 +353,12 @@ class LinkCut(Failures):
             labkit.restore_link(TRANSPORT, port)
         self.assertEqual(labkit.load_json(s_json)["status"], "failed")
         self.keeps_ticking(s)
-        self.retry_completes(s, port, s_json)
+        if TRANSPORT == "tcp":
+            self.retry_completes(s, port, s_json)
+        else:
+            s.send("reboot -f\n")
+            self.assertEqual(s.wait(60), 3, s.tails(err=2000, out=0))
+            self.assert_ticks_continue(s.stdout())
 
 
 if __name__ == "__main__":
