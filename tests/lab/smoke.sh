@@ -28,9 +28,16 @@ echo "== ibv_devices"
 ibv_devices | tee /tmp/devs
 grep -q rxe0 /tmp/devs
 echo "== ib_write_bw over rxe0"
-ib_write_bw -d rxe0 -s 65536 -D 2 >/tmp/bw-server.log 2>&1 &
-sleep 1
-ib_write_bw -d rxe0 -s 65536 -D 2 10.0.2.15 | tee /tmp/bw.log
-wait
+# perftest first calibrates its cycle counter against the clock and gives up ("Correlation
+# coefficient r^2: ... < 0.9", "Can't produce a report") when the lab's emulated TSC is noisy
+# under host load, which says nothing about rxe0: then, and only then, it runs again (3 tries).
+for try in 1 2 3; do
+  ib_write_bw -d rxe0 -s 65536 -D 2 >/tmp/bw-server.log 2>&1 &
+  sleep 1
+  ib_write_bw -d rxe0 -s 65536 -D 2 10.0.2.15 2>&1 | tee /tmp/bw.log
+  wait || true
+  grep -q "Can't produce a report" /tmp/bw.log /tmp/bw-server.log || break
+  echo "smoke: ib_write_bw could not calibrate its clock (try $try)"
+done
 grep -qE "^ *65536 +[0-9]+ +[0-9.]+ +[0-9.]+" /tmp/bw.log
 echo "smoke: OK"
