@@ -83,7 +83,7 @@ class Dst {
  public:
   explicit Dst(std::vector<std::string> args, std::string transport = "tcp",
                std::string host = "127.0.0.1") {
-    for (int i = 0; i < 10; ++i) {
+    for (int i = 0; i < 3; ++i) {
       port_ = Port();
       err_path_ = ::testing::TempDir() + "/dst-" + std::to_string(::getpid()) + "-" +
                   std::to_string(port_) + ".err";
@@ -106,7 +106,8 @@ class Dst {
         ::_exit(127);
       }
       // Listening once stderr says so.
-      for (int t = 0; t < 200 && Stderr().find("listening on") == std::string::npos; ++t) {
+      // Up to 30 s: the lab's nested guests and shared cores make a process start slowly.
+      for (int t = 0; t < 1200 && Stderr().find("listening on") == std::string::npos; ++t) {
         if (Exited(0)) {
           break;
         }
@@ -120,7 +121,7 @@ class Dst {
         (void)Wait(5);
       }
     }
-    ADD_FAILURE() << "dst did not start: " << Stderr();
+    ADD_FAILURE() << "dst did not start within 30 s (" << LMIG_BINARY << "): " << Stderr();
   }
   ~Dst() {
     if (!exited_) {

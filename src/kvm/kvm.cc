@@ -122,7 +122,12 @@ absl::StatusOr<std::vector<uint32_t>> Kvm::MsrIndexList() const {
 }
 
 absl::StatusOr<VmFd> Kvm::CreateVm() const {
-  const int fd = ::ioctl(fd_.get(), KVM_CREATE_VM, 0);
+  // KVM_CREATE_VM returns EINTR when a signal is pending while it sets up the VM (seen in the
+  // lab, with the test's earlier threads' signals): retry, as for any interrupted call.
+  int fd;
+  do {
+    fd = ::ioctl(fd_.get(), KVM_CREATE_VM, 0);
+  } while (fd < 0 && errno == EINTR);
   if (fd < 0) {
     return ErrnoStatus("KVM_CREATE_VM");
   }

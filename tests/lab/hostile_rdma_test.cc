@@ -137,7 +137,7 @@ TEST(RdmaHostileDestination, TheSourceOffersNoRemoteAccessToItsMemory) {
 // One connect-and-close, or a peer that connects and says nothing, ended or held a waiting dst;
 // the real source behind them must get the slot.
 TEST(RdmaHostileSource, StrangersDoNotEndTheDestinationOrTakeTheSlot) {
-  Dst d({"--timeout", "4"}, "rdma", LabIp());
+  Dst d({"--timeout", "4", "--insecure"}, "rdma", LabIp());
   {
     auto t = ConnectTransport(proto::TransportKind::kRdma, LabIp(), d.port(), {});
     ASSERT_TRUE(t.ok()) << t.status();
@@ -162,7 +162,7 @@ TEST(RdmaHostileSource, StrangersDoNotEndTheDestinationOrTakeTheSlot) {
 
 // A second connection while a migration runs is refused at once, without disturbing it.
 TEST(RdmaHostileSource, ASecondConnectionDuringAMigrationIsRefusedAtOnce) {
-  Dst d({"--timeout", "10"}, "rdma", LabIp());
+  Dst d({"--timeout", "10", "--insecure"}, "rdma", LabIp());
   auto first = ConnectTransport(proto::TransportKind::kRdma, LabIp(), d.port(), {});
   ASSERT_TRUE(first.ok()) << first.status();
   const proto::Hello h = ValidHello(16 << 20, proto::TransportKind::kRdma);
