@@ -125,11 +125,13 @@ class OutgoingMigration {
   // After the session ended: the exit status.
   int Finish(const ExitInfo& e) {
     if (worker_.joinable()) {
-      // The guest ended while migrating: the engine notices or times out.
-      worker_.join();
-      Report(role_.c_str(), stats_, flags_.transport.stats_json);
-      migrated_ = stats_.status == "completed";
-      failed_ = !migrated_;
+      worker_.join();  // its transport's teardown is bounded
+      if (!attempt_done_) {
+        // The guest ended while migrating: the engine noticed or timed out.
+        Report(role_.c_str(), stats_, flags_.transport.stats_json);
+        migrated_ = stats_.status == "completed";
+        failed_ = !migrated_;
+      }
     }
     if (migrated_) {
       std::fprintf(stderr, "lmig-rdma %s: %s\n", role_.c_str(), e.message.c_str());
@@ -151,10 +153,14 @@ class OutgoingMigration {
   }
 
   void Start() {
-    if (started_ || worker_.joinable() || migrated_) {
+    if (started_ || migrated_) {
       return;
     }
+    if (worker_.joinable()) {
+      worker_.join();  // the last attempt's thread, done but for its transport's teardown
+    }
     started_ = true;
+    attempt_done_ = false;
     ++attempts_;
     stats_ = MigrationStats();
     Progress(absl::StrFormat("migrating to %s over %s%s", flags_.peer, flags_.transport.transport,
@@ -177,8 +183,10 @@ class OutgoingMigration {
     });
   }
 
+  // On the session thread as soon as the engine returns; the worker may still be closing its
+  // transport (bounded), which must not hold up the report or the guest's console.
   void Done(const absl::Status& result) {
-    worker_.join();
+    attempt_done_ = true;
     Report(role_.c_str(), stats_, flags_.transport.stats_json);
     if (result.ok()) {
       migrated_ = true;
@@ -190,7 +198,7 @@ class OutgoingMigration {
                                result.message()));
       if (attempts_ <= flags_.retries) {
         rt_->reactor->Timeout(absl::Seconds(flags_.retry_delay_s), [this](int, uint32_t) {
-          if (!migrated_ && !worker_.joinable()) {
+          if (!migrated_ && attempt_done_) {
             Progress(absl::StrFormat("retrying the migration (attempt %d of %d)", attempts_ + 1,
                                      flags_.retries + 1));
             failed_ = false;
@@ -214,6 +222,7 @@ class OutgoingMigration {
   MigrationStats stats_;
   bool started_ = false, migrated_ = false, failed_ = false;
   int attempts_ = 0;
+  bool attempt_done_ = false;  // Done ran for the current attempt
 };
 
 absl::StatusOr<int> SourceCommand(const VmFlags& vm, const SourceFlags& flags) {

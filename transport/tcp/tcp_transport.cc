@@ -68,7 +68,7 @@ class TcpTransport : public Transport {
       const linger abort_now{1, 0};
       ::setsockopt(sock_.get(), SOL_SOCKET, SO_LINGER, &abort_now, sizeof(abort_now));
       sock_ = UniqueFd();
-      (void)DrainFor(absl::Seconds(5));
+      (void)DrainFor(absl::Seconds(2));
     }
   }
 
