@@ -241,7 +241,7 @@ absl::Status MigrationReceiver::Fail(absl::Status s, MigrationStats& stats) {
   stats.status = "failed";
   stats.error = std::string(s.message());
   // Best effort and short: the link may be what failed.
-  t_->SetDeadline(absl::Now() + absl::Seconds(2), "sending ABORT");
+  t_->SetDeadline(absl::Now() + absl::Seconds(1), "sending ABORT");
   (void)t_->Send(MsgType::kAbort, 0, proto::Bytes(proto::MakeStatusMsg(s)));
   return s;
 }

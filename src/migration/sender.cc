@@ -279,7 +279,7 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
   ResumeIfPaused(stats);
   (void)m_->dirty_log().Stop();
   // Best effort and short: the link may be what failed.
-  t_->SetDeadline(absl::Now() + absl::Seconds(2), "sending ABORT");
+  t_->SetDeadline(absl::Now() + absl::Seconds(1), "sending ABORT");
   (void)t_->Send(proto::MsgType::kAbort, 0, proto::Bytes(proto::MakeStatusMsg(result)));
   return result;
 }

@@ -43,7 +43,12 @@ absl::StatusOr<sockaddr_in> Resolve(const std::string& host, uint16_t port, bool
   return sa;
 }
 
-void TuneSocket(int fd) {
+// TIMEOUT also bounds unacknowledged data (TCP_USER_TIMEOUT): over a dead link the kernel
+// fails the connection that long after the last byte the peer took, however full the socket
+// buffers were when the link died.
+void TuneSocket(int fd, absl::Duration timeout) {
+  const unsigned user_timeout_ms = static_cast<unsigned>(absl::ToInt64Milliseconds(timeout));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof(user_timeout_ms));
   const int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   const int buf = 8 << 20;
@@ -353,7 +358,7 @@ class TcpListener : public Listener {
       return ErrnoStatus(absl::StrCat("accept on ", where_));
     }
     UniqueFd conn(fd);
-    TuneSocket(fd);
+    TuneSocket(fd, opts_.timeout);
     ASSIGN_OR_RETURN(auto reactor, Reactor::Create(64));
     char ip[INET_ADDRSTRLEN] = "?";
     ::inet_ntop(AF_INET, &peer.sin_addr, ip, sizeof(ip));
@@ -397,7 +402,7 @@ absl::StatusOr<std::unique_ptr<Transport>> TcpConnect(const std::string& host, u
   }
   const int flags = ::fcntl(sock.get(), F_GETFL);
   ::fcntl(sock.get(), F_SETFL, flags & ~O_NONBLOCK);
-  TuneSocket(sock.get());
+  TuneSocket(sock.get(), opts.timeout);
   ASSIGN_OR_RETURN(auto reactor, Reactor::Create(64));
   return std::unique_ptr<Transport>(
       new TcpTransport(std::move(sock), std::move(reactor), where, opts));
