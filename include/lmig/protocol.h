@@ -226,4 +226,8 @@ struct Message {
   std::vector<uint8_t> payload;
 };
 
+// Why the peer sent the kAbort message M: its status, Aborted "no reason given" when that
+// says OK, or the parse error of a malformed payload. Never OK.
+absl::Status AbortReason(const Message& m);
+
 }  // namespace lmig::proto

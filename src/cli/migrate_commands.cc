@@ -334,9 +334,19 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
   std::unique_ptr<MigrationReceiver> receiver;
   absl::Time give_up = absl::InfiniteFuture();
   absl::Status last_refusal;
+  // A dropped connection: said in one line, remembered, and the --timeout clock started.
+  auto refuse = [&](const absl::Status& why, const std::string& line) {
+    progress(line);
+    last_refusal = why;
+    if (give_up == absl::InfiniteFuture()) {
+      give_up = absl::Now() + topts.timeout;
+    }
+  };
   for (;;) {
     // Past GIVE_UP this still takes a connection that is already waiting (the real source
     // queued behind a stranger that held the handshake).
+    // (An RDMA stranger that never completes the CM exchange is a DeadlineExceeded too, before
+    // GIVE_UP: one more refusal.)
     auto t = listener->Accept(give_up);
     if (!t.ok() && absl::IsDeadlineExceeded(t.status()) && !last_refusal.ok() &&
         absl::Now() >= give_up) {
@@ -349,15 +359,8 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
     if (!t.ok()) {
       // A connection that failed to establish (an RDMA peer that never completes the CM
       // exchange, say) is one more stranger; the deadline above ends the wait.
-      if (!absl::IsDeadlineExceeded(t.status()) || last_refusal.ok()) {
-        progress(absl::StrFormat("a connection failed: %s; listening on", t.status().message()));
-      }
-      if (last_refusal.ok() || !absl::IsDeadlineExceeded(t.status())) {
-        last_refusal = t.status();
-      }
-      if (give_up == absl::InfiniteFuture()) {
-        give_up = absl::Now() + topts.timeout;
-      }
+      refuse(t.status(),
+             absl::StrFormat("a connection failed: %s; listening on", t.status().message()));
       absl::SleepFor(absl::Milliseconds(100));  // no busy loop on a listener that keeps failing
       continue;
     }
@@ -371,18 +374,14 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
       receiver = std::move(r);
       break;
     }
-    progress(absl::StrFormat("refused a connection from %s: %s; listening on", (*t)->peer(),
-                             hs.message()));
-    last_refusal = hs;
+    refuse(hs, absl::StrFormat("refused a connection from %s: %s; listening on", (*t)->peer(),
+                               hs.message()));
     vm.reset();
     rt.reset();
     if (listener == nullptr) {
       // The HELLO was valid but this host could not take the guest (memory, KVM).
       Report("dst", stats, flags.transport.stats_json);
       return Annotate(hs, "dst: migration failed, no guest resumed");
-    }
-    if (give_up == absl::InfiniteFuture()) {
-      give_up = absl::Now() + topts.timeout;
     }
   }
   absl::Status s = receiver->Run(stats);

@@ -126,6 +126,15 @@ uint64_t MemoryDigest(std::span<const uint8_t> mem) {
   return XXH3_64bits(mem.data(), mem.size());
 }
 
+absl::Status AbortReason(const Message& m) {
+  auto st = Parse<StatusMsg>(m.payload, m.type);
+  if (!st.ok()) {
+    return st.status();
+  }
+  absl::Status why = StatusFromMsg(*st);
+  return why.ok() ? absl::AbortedError("no reason given") : why;
+}
+
 uint64_t RandomNonce() {
   uint64_t v = 0;
   auto* p = reinterpret_cast<uint8_t*>(&v);

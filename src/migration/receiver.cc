@@ -187,12 +187,7 @@ absl::Status MigrationReceiver::OnComplete(const proto::Message& m, MigrationSta
 
 absl::Status MigrationReceiver::Handle(const proto::Message& m, MigrationStats& stats) {
   if (m.type == MsgType::kAbort) {
-    auto st = proto::Parse<proto::StatusMsg>(m.payload, m.type);
-    absl::Status why = st.ok() ? proto::StatusFromMsg(*st) : st.status();
-    if (why.ok()) {
-      why = absl::AbortedError("no reason given");
-    }
-    return Annotate(why, "the source aborted");
+    return Annotate(proto::AbortReason(m), "the source aborted");
   }
   switch (state_) {
     case State::kAwaitHello:

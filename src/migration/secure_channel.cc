@@ -118,10 +118,7 @@ absl::StatusOr<std::unique_ptr<Transport>> AuthenticateAsDestination(
   RETURN_IF_ERROR(t->Send(MsgType::kAuthChallenge, 0, proto::Bytes(c)));
   ASSIGN_OR_RETURN(proto::Message m, t->Receive());
   if (m.type == MsgType::kAbort) {
-    auto st = proto::Parse<proto::StatusMsg>(m.payload, m.type);
-    absl::Status why = st.ok() ? proto::StatusFromMsg(*st) : st.status();
-    return Annotate(why.ok() ? absl::AbortedError("no reason given") : why,
-                    "the source aborted the handshake");
+    return Annotate(proto::AbortReason(m), "the source aborted the handshake");
   }
   if (m.type != MsgType::kAuthProof) {
     return absl::DataLossError(absl::StrFormat("handshake: expected AUTH_PROOF, got %s",

@@ -191,10 +191,7 @@ absl::Status MigrationSender::StopAndCopy(PageBitmap& dirty, MigrationStats& sta
   // The one message the destination may send now is its answer to this COMPLETE.
   ASSIGN_OR_RETURN(proto::Message reply, t_->Receive());
   if (reply.type == proto::MsgType::kAbort) {
-    ASSIGN_OR_RETURN(auto st, proto::Parse<proto::StatusMsg>(reply.payload, reply.type));
-    absl::Status s = proto::StatusFromMsg(st);
-    return Annotate(s.ok() ? absl::AbortedError("aborted, no reason given") : s,
-                    "the destination did not resume the guest");
+    return Annotate(proto::AbortReason(reply), "the destination did not resume the guest");
   }
   if (reply.type != proto::MsgType::kAck) {
     return absl::DataLossError(absl::StrFormat("expected ACK after COMPLETE, got %s",
