@@ -165,21 +165,24 @@ class Dst {
 };
 
 // A real source: the engine migrating a tiny guest to DST. Returns the sender's status.
+// TO: the transport's options (TLS, say); PSK: the source's key (null: none).
 inline absl::Status MigrateTinyGuest(uint16_t port, MigrationStats& stats,
                               proto::TransportKind kind = proto::TransportKind::kTcp,
-                              const std::string& host = "127.0.0.1") {
+                              const std::string& host = "127.0.0.1",
+                              TransportOptions to = {}, const crypto::Psk* psk = nullptr) {
   SourceVm a;
   StartCounter(a);
   if (a.machine == nullptr) {
     return absl::InternalError("no source VM");
   }
-  TransportOptions to;
   to.timeout = absl::Seconds(20);
   auto t = ConnectTransport(kind, host, port, to);
   if (!t.ok()) {
     return t.status();
   }
-  MigrationSender sender(a.machine.get(), t->get(), SenderOptions{}, [](const std::string&) {});
+  SenderOptions so;
+  so.psk = psk;
+  MigrationSender sender(a.machine.get(), t->get(), so, [](const std::string&) {});
   absl::Status s = sender.Run(stats);
   a.machine->RequestStop({ExitInfo::kStopped, "done"});
   a.machine->Join();

@@ -18,6 +18,8 @@
 
 namespace lmig {
 
+class TlsConfig;  // transport/tcp/tls.h
+
 // A contiguous run of guest RAM: [offset, offset + length).
 struct RamRange {
   uint64_t offset;
@@ -30,6 +32,9 @@ struct TransportOptions {
   uint64_t max_write_bytes = 256 << 10;   // RDMA: largest single WRITE
   uint64_t mr_chunk_bytes = 1ull << 30;   // RDMA: MR registration chunk (capped by max_mr_size)
   bool busy_poll = false;                 // RDMA: spin on the CQ instead of sleeping
+  // TCP: TLS 1.3 over the whole connection, page data included (null: none). The handshake
+  // runs at the first Send or Receive, under that call's deadline.
+  std::shared_ptr<const TlsConfig> tls;
 };
 
 struct TransportStats {
@@ -38,6 +43,7 @@ struct TransportStats {
   uint64_t work_requests = 0;     // RDMA WRITEs or TCP send operations
   double registration_ms = 0;     // RDMA memory registration (both sides)
   bool zero_copy = false;
+  std::string security;           // TCP: the TLS connection, e.g. "TLS 1.3 ..., kernel TLS"
 };
 
 class Transport {

@@ -27,6 +27,9 @@ struct TransportFlags {
   std::string rdma_device;
   std::string stats_json;
   std::string psk_file;  // pre-shared key file (lmig-rdma keygen); both sides the same key
+  // TCP: TLS 1.3 keyed by certificates (all three, PEM) instead of the pre-shared key.
+  std::string tls_cert, tls_key, tls_ca;
+  bool no_tls = false;   // TCP with a key: page data in clear (control still sealed)
   int timeout_s = 30;
   bool rdma_busy_poll = false;   // spin on the CQ instead of sleeping on its channel
   std::string rdma_write_size = "256K";  // largest single RDMA WRITE

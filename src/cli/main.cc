@@ -38,6 +38,15 @@ void AddTransportFlags(CLI::App* app, lmig::TransportFlags& t) {
   app->add_option("--psk-file", t.psk_file,
                   "pre-shared key file from `lmig-rdma keygen` (mode 0600; both sides the same "
                   "key): authenticates both peers and encrypts the control channel");
+  app->add_option("--tls-cert", t.tls_cert,
+                  "TCP: this side's certificate chain (PEM) for mutual TLS 1.3 (with --tls-key "
+                  "and --tls-ca)");
+  app->add_option("--tls-key", t.tls_key, "TCP: the private key of --tls-cert (PEM, mode 0600)");
+  app->add_option("--tls-ca", t.tls_ca,
+                  "TCP: the CA (PEM) that must have signed the peer's certificate");
+  app->add_flag("--no-tls", t.no_tls,
+                "TCP with --psk-file: do not encrypt the connection with TLS (peers are still "
+                "authenticated and control messages sealed; page data travels in clear)");
   app->add_option("--timeout", t.timeout_s, "give up on a silent peer after this many seconds")
       ->default_val(30);
   app->add_flag("--rdma-busy-poll", t.rdma_busy_poll,
@@ -103,8 +112,8 @@ int main(int argc, char** argv) {
   dst->add_option("--listen", dst_flags.listen, "ADDR:PORT to listen on")->required();
   dst->add_option("--kvm", dst_flags.kvm_path, "KVM device")->default_val("/dev/kvm");
   dst->add_flag("--insecure", dst_flags.insecure,
-                "without --psk-file, listen on a non-loopback address anyway (anyone who can "
-                "reach it can push a guest here)");
+                "without --psk-file or --tls-cert, listen on a non-loopback address anyway "
+                "(anyone who can reach it can push a guest here)");
   dst->add_option("--max-mem", dst_flags.max_mem,
                   "refuse a guest larger than this (default: this host's memory)");
   dst->add_option("--max-time", dst_flags.max_time_s,

@@ -18,6 +18,7 @@
 #include "src/migration/machine_vm.h"
 #include "src/migration/receiver.h"
 #include "src/migration/sender.h"
+#include "transport/tcp/tls.h"
 
 namespace lmig {
 namespace {
@@ -28,8 +29,55 @@ proto::TransportKind KindOf(const std::string& t) {
   return t == "tcp" ? proto::TransportKind::kTcp : proto::TransportKind::kRdma;
 }
 
-absl::StatusOr<TransportOptions> OptionsOf(const TransportFlags& f) {
+// TLS for a TCP migration: certificates if given, else the pre-shared key, unless --no-tls.
+absl::StatusOr<std::shared_ptr<const TlsConfig>> TlsOf(const TransportFlags& f,
+                                                       const crypto::Psk* psk) {
+  const bool tcp = f.transport == "tcp";
+  const int cert_flags = !f.tls_cert.empty() + !f.tls_key.empty() + !f.tls_ca.empty();
+  if ((cert_flags > 0 || f.no_tls) && !tcp) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: TLS is for --transport tcp (over RDMA --psk-file seals the control channel; "
+        "README, \"Security\")",
+        f.no_tls ? "--no-tls" : "--tls-cert/--tls-key/--tls-ca"));
+  }
+  if (cert_flags > 0 && f.no_tls) {
+    return absl::InvalidArgumentError("--no-tls and --tls-cert/--tls-key/--tls-ca: pick one");
+  }
+  if (cert_flags > 0 && cert_flags < 3) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s missing: mutual TLS needs --tls-cert, --tls-key and --tls-ca together",
+        f.tls_cert.empty() ? "--tls-cert" : f.tls_key.empty() ? "--tls-key" : "--tls-ca"));
+  }
+  if (cert_flags == 3) {
+    return TlsConfig::WithCertificates(f.tls_cert, f.tls_key, f.tls_ca);
+  }
+  if (tcp && psk != nullptr && !f.no_tls) {
+    return TlsConfig::WithPsk(psk->bytes());
+  }
+  return std::shared_ptr<const TlsConfig>();
+}
+
+// How the connection is protected, for the first line each side prints.
+std::string ProtectionOf(const TransportFlags& f, const crypto::Psk* psk,
+                         const TlsConfig* tls) {
+  std::string s;
+  if (psk != nullptr) {
+    s = ", authenticated (--psk-file)";
+  }
+  if (tls != nullptr) {
+    absl::StrAppend(&s, psk != nullptr || !tls->certificates() ? "" : ", authenticated",
+                    ", TLS 1.3 (", tls->keyed_by(), ")");
+  } else if (psk != nullptr && f.transport == "tcp") {
+    s += "; --no-tls: page data in clear";
+  } else if (psk != nullptr) {
+    s += ", control channel encrypted; page data by RDMA WRITE in clear (README, \"Security\")";
+  }
+  return s;
+}
+
+absl::StatusOr<TransportOptions> OptionsOf(const TransportFlags& f, const crypto::Psk* psk) {
   TransportOptions o;
+  ASSIGN_OR_RETURN(o.tls, TlsOf(f, psk));
   o.rdma_device = f.rdma_device;
   o.timeout = absl::Seconds(f.timeout_s);
   o.busy_poll = f.rdma_busy_poll;
@@ -89,7 +137,7 @@ class OutgoingMigration {
       opts_.psk = &*psk_;
     }
     kind_ = KindOf(flags_.transport.transport);
-    ASSIGN_OR_RETURN(topts_, OptionsOf(flags_.transport));
+    ASSIGN_OR_RETURN(topts_, OptionsOf(flags_.transport, psk_ ? &*psk_ : nullptr));
     opts_.phase_timeout = topts_.timeout;
     opts_.max_run_bytes =
         kind_ == proto::TransportKind::kRdma ? topts_.max_write_bytes : (1 << 20);
@@ -163,9 +211,11 @@ class OutgoingMigration {
     attempt_done_ = false;
     ++attempts_;
     stats_ = MigrationStats();
-    Progress(absl::StrFormat("migrating to %s over %s%s", flags_.peer, flags_.transport.transport,
-                             psk_ ? ", authenticated (--psk-file)"
-                                  : "; no --psk-file: neither authenticated nor encrypted"));
+    const bool authenticated = psk_ || (topts_.tls && topts_.tls->certificates());
+    Progress(absl::StrFormat(
+        "migrating to %s over %s%s", flags_.peer, flags_.transport.transport,
+        authenticated ? ProtectionOf(flags_.transport, psk_ ? &*psk_ : nullptr, topts_.tls.get())
+                      : "; no --psk-file: neither authenticated nor encrypted"));
     worker_ = std::thread([this] {
       absl::Status result;
       auto t = ConnectTransport(kind_, peer_.host, peer_.port, topts_);
@@ -178,6 +228,7 @@ class OutgoingMigration {
         MigrationSender sender(rt_->machine.get(), t->get(), opts_,
                                [this](const std::string& l) { Progress(l); });
         result = sender.Run(stats_);
+        stats_.security = (*t)->stats().security;
       }
       rt_->session->Post([this, result] { Done(result); });
     });
@@ -274,13 +325,16 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
         absl::StrFormat("--max-time %d: must be positive (or 0: derived)", flags.max_time_s));
   }
   const proto::TransportKind kind = KindOf(flags.transport.transport);
-  ASSIGN_OR_RETURN(TransportOptions topts, OptionsOf(flags.transport));
   ReceiverOptions ropts;
   std::optional<crypto::Psk> psk;
   if (!flags.transport.psk_file.empty()) {
     ASSIGN_OR_RETURN(psk, crypto::LoadPskFile(flags.transport.psk_file));
     ropts.psk = &*psk;
-  } else if (!IsLoopback(where.host) && !flags.insecure) {
+  }
+  ASSIGN_OR_RETURN(TransportOptions topts, OptionsOf(flags.transport, ropts.psk));
+  // Mutual TLS with certificates authenticates the source as well as a key does.
+  const bool authenticated = psk || (topts.tls && topts.tls->certificates());
+  if (!authenticated && !IsLoopback(where.host) && !flags.insecure) {
     return absl::PermissionDeniedError(absl::StrFormat(
         "dst --listen %s: without --psk-file a destination listens only on a loopback address "
         "(anyone who reaches it could push a guest here); give --psk-file, or --insecure",
@@ -291,13 +345,14 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
   ropts.hello_timeout = std::min(topts.timeout, absl::Seconds(10));
   ropts.max_time = absl::Seconds(flags.max_time_s);
   ASSIGN_OR_RETURN(auto listener, ListenTransport(kind, where.host, where.port, topts));
+  const std::string protection =
+      authenticated ? ProtectionOf(flags.transport, ropts.psk, topts.tls.get())
+      : flags.insecure
+          ? "; --insecure: no authentication, no encryption, anyone who can reach this address "
+            "can migrate a guest here"
+          : "; no --psk-file: no authentication, no encryption (loopback only)";
   std::fprintf(stderr, "lmig-rdma dst: listening on %s (%s)%s\n", flags.listen.c_str(),
-               flags.transport.transport.c_str(),
-               psk ? ", peers authenticated with --psk-file"
-                   : flags.insecure
-                         ? "; --insecure: no authentication, no encryption, anyone who can "
-                           "reach this address can migrate a guest here"
-                         : "; no --psk-file: no authentication, no encryption (loopback only)");
+               flags.transport.transport.c_str(), protection.c_str());
   std::unique_ptr<VmRuntime> rt;
   std::unique_ptr<MachineVm> vm;
   std::unique_ptr<OutgoingMigration> onward;
@@ -385,6 +440,7 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
     }
   }
   absl::Status s = receiver->Run(stats);
+  stats.security = transport->stats().security;
   receiver.reset();
   transport.reset();
   Report("dst", stats, flags.transport.stats_json);

@@ -29,6 +29,7 @@ std::string MigrationStats::ToJson() const {
   j["rounds"] = rounds;
   j["max_throttle_pct"] = max_throttle_pct;
   j["zero_copy"] = zero_copy;
+  j["tls"] = security;  // empty: no TLS
   j["state_bytes"] = state_bytes;
   j["cpu_ms"] = src_cpu_ms;
   j["cpu_user_ms"] = src_cpu_user_ms;
@@ -57,6 +58,9 @@ std::string MigrationStats::HumanReport() const {
         "%.1f ms from connection to resume, memory registration %.1f ms\n",
         status, transport, transferred_bytes / 1048576.0, rounds, pages_sent, state_bytes,
         total_time_ms, registration_ms);
+    if (!security.empty()) {
+      s += "  encryption: " + security + "\n";
+    }
     if (!error.empty()) {
       s += "  error: " + error + "\n";
     }
@@ -80,6 +84,9 @@ std::string MigrationStats::HumanReport() const {
                          r.rate_mbps,
                          r.throttle_pct ? absl::StrFormat("  throttle %d%%", r.throttle_pct)
                                         : "");
+  }
+  if (!security.empty()) {
+    s += "  encryption: " + security + "\n";
   }
   if (!error.empty()) {
     s += "  error: " + error + "\n";

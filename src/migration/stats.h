@@ -36,6 +36,7 @@ struct MigrationStats {
   int rounds = 0;
   int max_throttle_pct = 0;
   bool zero_copy = false;
+  std::string security;  // TCP: the TLS connection (empty: none)
   uint64_t state_bytes = 0;
   double src_cpu_ms = 0;  // CPU time of the migration thread (user + system; vCPUs excluded)
   double src_cpu_user_ms = 0;  // of which in user space

@@ -147,6 +147,29 @@ class BadInput(unittest.TestCase):
                           "--listen 0.0.0.0:4444", "--psk-file", "--insecure")
         self.assertIn("loopback", line)
 
+    def test_tls_flags_are_checked_before_anything_runs(self):
+        key = os.path.join(self.tmp.name, "tls.key")
+        subprocess.run([LMIG, "keygen", key], check=True, capture_output=True, timeout=60)
+        self.fails(["dst", "--listen", "127.0.0.1:9", "--transport", "tcp", "--tls-cert",
+                    "/nonexistent/c.pem"], "--tls-key missing", "--tls-ca")
+        self.fails(["dst", "--listen", "127.0.0.1:9", "--transport", "rdma", "--psk-file", key,
+                    "--no-tls"], "--no-tls", "--transport tcp")
+        self.fails(["src", "--kernel", self.kernel, "--peer", "127.0.0.1:9", "--transport",
+                    "rdma", "--tls-cert", "a", "--tls-key", "b", "--tls-ca", "c"],
+                   "--transport tcp")
+        pem = os.path.join(self.tmp.name, "k.pem")
+        with open(pem, "w") as f:
+            f.write("not a key\n")
+        os.chmod(pem, 0o644)
+        self.fails(["dst", "--listen", "127.0.0.1:9", "--transport", "tcp", "--tls-cert", pem,
+                    "--tls-key", pem, "--tls-ca", pem], f"--tls-key {pem}", "mode 0644")
+        os.chmod(pem, 0o600)
+        self.fails(["dst", "--listen", "127.0.0.1:9", "--transport", "tcp", "--tls-cert", pem,
+                    "--tls-key", pem, "--tls-ca", pem], f"--tls-key {pem}", "not a PEM private key")
+        self.fails(["dst", "--listen", "127.0.0.1:9", "--transport", "tcp", "--tls-cert",
+                    "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem", "--tls-ca",
+                    "/nonexistent/ca.pem"], "--tls-key /nonexistent/k.pem")
+
     def test_destination_refuses_a_stream_that_is_not_a_migration(self):
         # Something that is not lmig-rdma connects: the destination names the problem and
         # exits non-zero without resuming any guest.

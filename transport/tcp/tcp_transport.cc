@@ -18,6 +18,7 @@
 #include "include/lmig/status.h"
 #include "src/base/unique_fd.h"
 #include "src/reactor/reactor.h"
+#include "transport/tcp/tls.h"
 
 namespace lmig {
 namespace {
@@ -58,11 +59,14 @@ void TuneSocket(int fd, absl::Duration timeout) {
 
 class TcpTransport : public Transport {
  public:
+  // SERVER: the accepting side (TLS server); PEER_HOST: the name dialled (TLS certificate
+  // check).
   TcpTransport(UniqueFd sock, std::unique_ptr<Reactor> reactor, std::string peer,
-               const TransportOptions& opts)
+               const TransportOptions& opts, bool server, std::string peer_host = "")
       : sock_(std::move(sock)), reactor_(std::move(reactor)), peer_(std::move(peer)),
-        opts_(opts) {
-    zero_copy_ = reactor_->Supports(IORING_OP_SENDMSG_ZC);
+        opts_(opts), server_(server), peer_host_(std::move(peer_host)) {
+    // Zero-copy sends pin guest memory for the NIC; kTLS encrypts into its own buffers.
+    zero_copy_ = opts_.tls == nullptr && reactor_->Supports(IORING_OP_SENDMSG_ZC);
   }
   ~TcpTransport() override {
     // Let outstanding zero-copy notifications arrive before the headers they pin go away. A
@@ -96,6 +100,13 @@ class TcpTransport : public Transport {
     for (;;) {
       proto::FrameHeader h;
       RETURN_IF_ERROR(RecvAll(reinterpret_cast<uint8_t*>(&h), sizeof(h), "a frame header"));
+      const auto* raw = reinterpret_cast<const uint8_t*>(&h);
+      if (opts_.tls == nullptr && raw[0] == 0x16 && raw[1] == 0x03) {  // a TLS handshake record
+        return absl::UnavailableError(absl::StrFormat(
+            "%s speaks TLS and this side does not (both sides need the same --psk-file or "
+            "--tls-* settings, and neither --no-tls)",
+            peer_));
+      }
       RETURN_IF_ERROR(proto::CheckHeader(h));
       const auto type = static_cast<proto::MsgType>(h.type);
       if (type == proto::MsgType::kPages) {
@@ -173,6 +184,9 @@ class TcpTransport : public Transport {
   TransportStats stats() const override {
     TransportStats s = stats_;
     s.zero_copy = zero_copy_;
+    if (tls_ != nullptr) {
+      s.security = tls_->description();
+    }
     return s;
   }
 
@@ -193,6 +207,16 @@ class TcpTransport : public Transport {
   // KEEPALIVE pins the header buffers until zero-copy notifications say the kernel is done.
   absl::Status SendAll(std::vector<iovec> iov, bool zc, std::shared_ptr<void> keepalive,
                        const std::string& what) {
+    RETURN_IF_ERROR(EnsureTls());
+    if (tls_ != nullptr && !tls_->kernel_offload()) {
+      for (const iovec& v : iov) {
+        RETURN_IF_ERROR(tls_->Write(static_cast<const uint8_t*>(v.iov_base), v.iov_len,
+                                    absl::StrCat(what, " to ", peer_), SocketWait(what)));
+      }
+      return absl::OkStatus();
+    }
+    // The kernel's TLS refuses MSG_WAITALL on sends; the loop below resends the rest anyway.
+    const int flags = MSG_NOSIGNAL | (tls_ != nullptr ? 0 : MSG_WAITALL);
     size_t first = 0;
     while (first < iov.size()) {
       msghdr msg{};
@@ -201,9 +225,9 @@ class TcpTransport : public Transport {
       ASSIGN_OR_RETURN(int n, SyncOp(
           [&](io_uring_sqe* sqe) {
             if (zc) {
-              io_uring_prep_sendmsg_zc(sqe, sock_.get(), &msg, MSG_WAITALL | MSG_NOSIGNAL);
+              io_uring_prep_sendmsg_zc(sqe, sock_.get(), &msg, flags);
             } else {
-              io_uring_prep_sendmsg(sqe, sock_.get(), &msg, MSG_WAITALL | MSG_NOSIGNAL);
+              io_uring_prep_sendmsg(sqe, sock_.get(), &msg, flags);
             }
           },
           zc, keepalive, what));
@@ -224,7 +248,16 @@ class TcpTransport : public Transport {
   }
 
   absl::Status RecvAll(uint8_t* buf, uint64_t len, const char* what) {
+    RETURN_IF_ERROR(EnsureTls());
     uint64_t got = 0;
+    if (tls_ != nullptr && !tls_->kernel_offload()) {
+      const std::string op = absl::StrCat("receiving ", what);
+      while (got < len) {
+        ASSIGN_OR_RETURN(size_t n, tls_->Read(buf + got, len - got, op, SocketWait(op)));
+        got += n;
+      }
+      return absl::OkStatus();
+    }
     while (got < len) {
       const unsigned chunk = static_cast<unsigned>(std::min<uint64_t>(len - got, 1u << 30));
       ASSIGN_OR_RETURN(int n, SyncOp(
@@ -264,11 +297,8 @@ class TcpTransport : public Transport {
         --zc_pending_;  // no notification will follow (the send failed)
       }
     });
-    // The whole-phase deadline bounds the operation as well as the silence timeout: a peer
-    // that trickles a byte at a time cannot stretch a phase.
-    const absl::Duration left = deadline_ - absl::Now();
-    const bool deadline_binds = left < opts_.timeout;
-    const absl::Duration limit = std::max(absl::ZeroDuration(), std::min(left, opts_.timeout));
+    bool deadline_binds = false;
+    const absl::Duration limit = Limit(deadline_binds);
     prep(sqe);
     sqe->flags |= IOSQE_IO_LINK;
     const int64_t ns = absl::ToInt64Nanoseconds(limit);
@@ -277,17 +307,76 @@ class TcpTransport : public Transport {
     io_uring_prep_link_timeout(reactor_->Prepare([](int, uint32_t) {}), &timeout_, 0);
     RETURN_IF_ERROR(reactor_->RunUntil([&] { return st->done; }));
     if (st->result == -ECANCELED || st->result == -ETIME) {
-      if (deadline_binds) {
-        return absl::DeadlineExceededError(
-            absl::StrFormat("%s: %s from %s passed its deadline", what, deadline_what_, peer_));
-      }
-      return absl::DeadlineExceededError(absl::StrFormat(
-          "%s: %s silent for %d s", what, peer_, absl::ToInt64Seconds(opts_.timeout)));
+      return TimedOut(deadline_binds, what);
+    }
+    if (st->result == -EIO && tls_ != nullptr) {
+      return tls_->KernelRecordError(sock_.get(), what);
     }
     if (st->result < 0) {
       return ErrnoStatus(absl::StrFormat("%s (%s)", what, peer_), -st->result);
     }
     return st->result;
+  }
+
+  // How long the next wait may last: the whole-phase deadline bounds it as well as the silence
+  // timeout, so a peer that trickles a byte at a time cannot stretch a phase.
+  absl::Duration Limit(bool& deadline_binds) const {
+    const absl::Duration left = deadline_ - absl::Now();
+    deadline_binds = left < opts_.timeout;
+    return std::max(absl::ZeroDuration(), std::min(left, opts_.timeout));
+  }
+  absl::Status TimedOut(bool deadline_binds, const std::string& what) const {
+    if (deadline_binds) {
+      return absl::DeadlineExceededError(
+          absl::StrFormat("%s: %s from %s passed its deadline", what, deadline_what_, peer_));
+    }
+    return absl::DeadlineExceededError(absl::StrFormat(
+        "%s: %s silent for %d s", what, peer_, absl::ToInt64Seconds(opts_.timeout)));
+  }
+
+  // For the TLS paths (non-blocking socket): waits for the socket under Limit().
+  TlsChannel::WaitFn SocketWait(std::string what) {
+    return [this, what = std::move(what)](short events) -> absl::Status {
+      for (;;) {
+        bool deadline_binds = false;
+        const absl::Duration limit = Limit(deadline_binds);
+        pollfd p{sock_.get(), events, 0};
+        const int r = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(
+                                        absl::ToInt64Milliseconds(limit) + 1, 1 << 30)));
+        if (r > 0) {
+          return absl::OkStatus();
+        }
+        if (r == 0) {
+          return TimedOut(deadline_binds, what);
+        }
+        if (errno != EINTR) {
+          return ErrnoStatus(absl::StrFormat("poll (%s)", peer_));
+        }
+      }
+    };
+  }
+
+  // With TLS configured: the handshake, once, before the first byte of the migration. Its
+  // failure is kept, so every later call fails the same way. With kernel TLS the socket goes
+  // back to blocking for io_uring; OpenSSL in user space needs it non-blocking (poll waits).
+  absl::Status EnsureTls() {
+    if (opts_.tls == nullptr || tls_ != nullptr) {
+      return absl::OkStatus();
+    }
+    RETURN_IF_ERROR(tls_error_);
+    const int fl = ::fcntl(sock_.get(), F_GETFL);
+    ::fcntl(sock_.get(), F_SETFL, fl | O_NONBLOCK);
+    auto ch = TlsChannel::Handshake(*opts_.tls, sock_.get(), server_, peer_host_, peer_,
+                                    SocketWait("TLS handshake"));
+    if (!ch.ok()) {
+      tls_error_ = ch.status();
+      return tls_error_;
+    }
+    tls_ = std::move(*ch);
+    if (tls_->kernel_offload()) {
+      ::fcntl(sock_.get(), F_SETFL, fl & ~O_NONBLOCK);
+    }
+    return absl::OkStatus();
   }
 
   // Waits up to LIMIT for every operation and zero-copy notification; true if all came.
@@ -308,6 +397,10 @@ class TcpTransport : public Transport {
   std::unique_ptr<Reactor> reactor_;
   std::string peer_;
   TransportOptions opts_;
+  bool server_;
+  std::string peer_host_;
+  std::unique_ptr<TlsChannel> tls_;
+  absl::Status tls_error_;
   bool zero_copy_ = false;
   int zc_pending_ = 0;
   __kernel_timespec timeout_{};
@@ -364,7 +457,7 @@ class TcpListener : public Listener {
     ::inet_ntop(AF_INET, &peer.sin_addr, ip, sizeof(ip));
     return std::unique_ptr<Transport>(new TcpTransport(
         std::move(conn), std::move(reactor), absl::StrFormat("%s:%d", ip, ntohs(peer.sin_port)),
-        opts_));
+        opts_, /*server=*/true));
   }
 
  private:
@@ -405,7 +498,7 @@ absl::StatusOr<std::unique_ptr<Transport>> TcpConnect(const std::string& host, u
   TuneSocket(sock.get(), opts.timeout);
   ASSIGN_OR_RETURN(auto reactor, Reactor::Create(64));
   return std::unique_ptr<Transport>(
-      new TcpTransport(std::move(sock), std::move(reactor), where, opts));
+      new TcpTransport(std::move(sock), std::move(reactor), where, opts, /*server=*/false, host));
 }
 
 absl::StatusOr<std::unique_ptr<Listener>> TcpListen(const std::string& addr, uint16_t port,
