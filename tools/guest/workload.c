@@ -6,7 +6,11 @@
  * Any mismatch prints "CORRUPTION page=<p>". With THREADS > 1 every thread owns a slice of the
  * pages (so several vCPUs dirty memory at once); the main thread prints the ticks.
  *
- * usage: workload [--mib N] [--rate MIBPS] [--threads T] [--ticks N]   (0 ticks = run forever)
+ * With --marker TEXT it also fills 1 MiB with TEXT repeated, never rewrites it and checks it at
+ * every tick (a page content a capture of the migration can look for: tests/lab/test_tls.py).
+ *
+ * usage: workload [--mib N] [--rate MIBPS] [--threads T] [--ticks N] [--marker TEXT]
+ *        (0 ticks = run forever)
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -28,6 +32,25 @@ static size_t npages;
 static double rate_pages_per_s;
 static int nthreads = 1;
 static atomic_ulong verified_total, errors_total;
+static char *marker;        /* --marker: 1 MiB of the text repeated */
+static const char *marker_text;
+#define MARKER_BYTES (1u << 20)
+
+static void fill_marker(void) {
+  size_t n = strlen(marker_text);
+  for (size_t i = 0; i < MARKER_BYTES; i++) marker[i] = marker_text[i % n];
+}
+
+static void check_marker(void) {
+  size_t n = strlen(marker_text);
+  for (size_t i = 0; i < MARKER_BYTES; i++) {
+    if (marker[i] != marker_text[i % n]) {
+      printf("CORRUPTION marker offset=%zu\n", i);
+      atomic_fetch_add(&errors_total, 1);
+      return;
+    }
+  }
+}
 
 static double now_s(void) {
   struct timespec ts;
@@ -95,10 +118,11 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--rate")) rate = strtod(argv[i + 1], 0);
     else if (!strcmp(argv[i], "--threads")) nthreads = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "--ticks")) ticks = strtol(argv[i + 1], 0, 0);
+    else if (!strcmp(argv[i], "--marker")) marker_text = argv[i + 1];
     else { fprintf(stderr, "workload: unknown option %s\n", argv[i]); return 2; }
   }
-  if (nthreads < 1 || nthreads > 64 || mib == 0) {
-    fprintf(stderr, "workload: bad --threads or --mib\n");
+  if (nthreads < 1 || nthreads > 64 || mib == 0 || (marker_text && !*marker_text)) {
+    fprintf(stderr, "workload: bad --threads, --mib or --marker\n");
     return 2;
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
@@ -111,6 +135,14 @@ int main(int argc, char **argv) {
     return 1;
   }
   for (size_t p = 0; p < npages; p++) write_page(p);
+  if (marker_text) {
+    marker = mmap(NULL, MARKER_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (marker == MAP_FAILED) {
+      fprintf(stderr, "workload: cannot allocate the marker\n");
+      return 1;
+    }
+    fill_marker();
+  }
   printf("workload: %zu MiB, %.1f MiB/s, %d threads, filled\n", mib, rate, nthreads);
   for (long t = 0; t < nthreads; t++) {
     pthread_t th;
@@ -122,6 +154,7 @@ int main(int argc, char **argv) {
     while ((d = next - now_s()) > 0) usleep(d > 0.05 ? 50000 : (useconds_t)(d * 1e6) + 1);
     next += 1;
     if (now_s() > next) next = now_s() + 1; /* after a long pause: one tick, not a burst */
+    if (marker) check_marker();
     printf("tick %ld verified=%lu errors=%lu\n", n, atomic_load(&verified_total),
            atomic_load(&errors_total));
   }

@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/tcp.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
@@ -14,6 +16,7 @@
 #include <csignal>
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "include/lmig/status.h"
 #include "src/base/unique_fd.h"
@@ -91,7 +94,8 @@ absl::StatusOr<SSL_CTX*> NewContext(bool server, bool psk) {
     SSL_CTX_free(ctx);
     return crypto::OpensslError("configuring TLS 1.3");
   }
-  SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS | SSL_OP_NO_TICKET);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+  SSL_CTX_set_keylog_callback(ctx, TlsChannel::KeyLog);
   // No session cache (every connection does the full handshake); verifying clients needs a
   // session id context all the same.
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
@@ -283,6 +287,7 @@ absl::StatusOr<std::unique_ptr<TlsChannel>> TlsChannel::Handshake(
     return crypto::OpensslError("SSL_new");
   }
   std::unique_ptr<TlsChannel> ch(new TlsChannel(ssl, peer, server));
+  SSL_set_app_data(ssl, ch.get());
   if (SSL_set_fd(ssl, fd) != 1) {
     return crypto::OpensslError("SSL_set_fd");
   }
@@ -322,15 +327,133 @@ absl::StatusOr<std::unique_ptr<TlsChannel>> TlsChannel::Handshake(
         "authentication failed (refused by the %s: %s did not use the pre-shared key)",
         server ? "destination" : "source", peer));
   }
-#ifndef OPENSSL_NO_KTLS
-  ch->kernel_offload_ = BIO_get_ktls_send(SSL_get_wbio(ssl)) &&
-                        BIO_get_ktls_recv(SSL_get_rbio(ssl)) && !SSL_has_pending(ssl);
-#endif
+  // Bytes OpenSSL already read past the handshake would be lost to the kernel: then stay in
+  // user space (it does not happen with read-ahead off, the default).
+  if (!SSL_has_pending(ssl)) {
+    ASSIGN_OR_RETURN(ch->kernel_offload_, ch->OffloadToKernel(fd));
+  }
+  OPENSSL_cleanse(ch->client_secret_.data(), ch->client_secret_.size());
+  OPENSSL_cleanse(ch->server_secret_.data(), ch->server_secret_.size());
+  ch->client_secret_.clear();
+  ch->server_secret_.clear();
   ch->description_ = absl::StrFormat(
       "%s %s, %s, %s", SSL_version(ssl) == TLS1_3_VERSION ? "TLS 1.3" : SSL_get_version(ssl),
-      SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)),
-      config.keyed_by(), ch->kernel_offload_ ? "kernel TLS" : "user-space TLS");
+      SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)), config.keyed_by(),
+      ch->kernel_offload_ ? "kernel TLS" : "user-space TLS");
   return ch;
+}
+
+void TlsChannel::KeyLog(const SSL* ssl, const char* line) {
+  auto* ch = static_cast<TlsChannel*>(SSL_get_app_data(ssl));
+  const absl::string_view l(line);
+  std::vector<uint8_t>* out = nullptr;
+  if (absl::StartsWith(l, "CLIENT_TRAFFIC_SECRET_0 ")) {
+    out = &ch->client_secret_;
+  } else if (absl::StartsWith(l, "SERVER_TRAFFIC_SECRET_0 ")) {
+    out = &ch->server_secret_;
+  }
+  // "LABEL <client random, hex> <secret, hex>"
+  const size_t sp = l.rfind(' ');
+  if (ch == nullptr || out == nullptr || sp == absl::string_view::npos) {
+    return;
+  }
+  const absl::string_view hex = l.substr(sp + 1);
+  out->clear();
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+    const int hi = OPENSSL_hexchar2int(static_cast<unsigned char>(hex[i]));
+    const int lo = OPENSSL_hexchar2int(static_cast<unsigned char>(hex[i + 1]));
+    if (hi < 0 || lo < 0) {
+      out->clear();
+      return;
+    }
+    out->push_back(static_cast<uint8_t>(hi << 4 | lo));
+  }
+}
+
+namespace {
+
+// HKDF-Expand-Label(SECRET, LABEL, "", LEN) of TLS 1.3 (RFC 8446 7.1), by OpenSSL's TLS13-KDF.
+absl::StatusOr<std::vector<uint8_t>> ExpandLabel(const char* digest,
+                                                 const std::vector<uint8_t>& secret,
+                                                 const char* label, size_t len) {
+  crypto::Kdf kdf(EVP_KDF_fetch(nullptr, "TLS13-KDF", nullptr));
+  crypto::KdfCtx ctx(kdf ? EVP_KDF_CTX_new(kdf.get()) : nullptr);
+  if (ctx == nullptr) {
+    return crypto::OpensslError("TLS13-KDF");
+  }
+  int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
+  static char prefix[] = "tls13 ";
+  const OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
+      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>(digest), 0),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<uint8_t*>(secret.data()),
+                                        secret.size()),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PREFIX, prefix, sizeof(prefix) - 1),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_LABEL, const_cast<char*>(label),
+                                        std::strlen(label)),
+      OSSL_PARAM_construct_end(),
+  };
+  std::vector<uint8_t> out(len);
+  if (EVP_KDF_derive(ctx.get(), out.data(), out.size(), params) != 1) {
+    return crypto::OpensslError(absl::StrCat("TLS13-KDF ", label));
+  }
+  return out;
+}
+
+// One direction's kernel TLS parameters for AES-GCM (KEY_BYTES 16 or 32) from its secret.
+template <typename Info>
+absl::Status InstallKeys(int fd, int direction, uint16_t cipher_type, const char* digest,
+                         const std::vector<uint8_t>& secret) {
+  Info info{};
+  info.info.version = TLS_1_3_VERSION;
+  info.info.cipher_type = cipher_type;
+  ASSIGN_OR_RETURN(std::vector<uint8_t> key, ExpandLabel(digest, secret, "key", sizeof(info.key)));
+  ASSIGN_OR_RETURN(std::vector<uint8_t> iv,
+                   ExpandLabel(digest, secret, "iv", sizeof(info.salt) + sizeof(info.iv)));
+  std::memcpy(info.key, key.data(), sizeof(info.key));
+  std::memcpy(info.salt, iv.data(), sizeof(info.salt));
+  std::memcpy(info.iv, iv.data() + sizeof(info.salt), sizeof(info.iv));
+  // rec_seq stays 0: no record has been sent or received under these keys.
+  const int r = ::setsockopt(fd, SOL_TLS, direction, &info, sizeof(info));
+  const int err = errno;
+  OPENSSL_cleanse(&info, sizeof(info));
+  OPENSSL_cleanse(key.data(), key.size());
+  OPENSSL_cleanse(iv.data(), iv.size());
+  if (r != 0) {
+    return ErrnoStatus(direction == TLS_TX ? "kernel TLS (TLS_TX)" : "kernel TLS (TLS_RX)", err);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<bool> TlsChannel::OffloadToKernel(int fd) {
+  const uint16_t suite = SSL_CIPHER_get_protocol_id(SSL_get_current_cipher(ssl_));
+  if ((suite != 0x1302 && suite != 0x1301) || client_secret_.empty() ||
+      server_secret_.empty()) {
+    return false;
+  }
+  if (::setsockopt(fd, SOL_TCP, TCP_ULP, "tls", sizeof("tls")) != 0) {
+    return false;  // this kernel has no TLS (or its module is not loaded): user space
+  }
+  // From here the socket is the kernel's TLS socket: both directions must be installed.
+  const std::vector<uint8_t>& tx = server_ ? server_secret_ : client_secret_;
+  const std::vector<uint8_t>& rx = server_ ? client_secret_ : server_secret_;
+  for (const auto& [dir, secret] : {std::pair{TLS_TX, &tx}, std::pair{TLS_RX, &rx}}) {
+    absl::Status s =
+        suite == 0x1302
+            ? InstallKeys<tls12_crypto_info_aes_gcm_256>(fd, dir, TLS_CIPHER_AES_GCM_256,
+                                                         "SHA384", *secret)
+            : InstallKeys<tls12_crypto_info_aes_gcm_128>(fd, dir, TLS_CIPHER_AES_GCM_128,
+                                                         "SHA256", *secret);
+    if (!s.ok()) {
+      return Annotate(s, absl::StrCat("TLS with ", peer_));
+    }
+  }
+  // We never pad records: the kernel may then decrypt straight into the reader's buffer.
+  const int one = 1;
+  (void)::setsockopt(fd, SOL_TLS, TLS_RX_EXPECT_NO_PAD, &one, sizeof(one));
+  return true;
 }
 
 absl::Status TlsChannel::Retry(int ret, const std::string& what, const WaitFn& wait) {

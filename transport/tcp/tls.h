@@ -7,10 +7,15 @@
 // checks the other's against --tls-ca, and the source also checks that the destination's
 // certificate names the host or address it dialled.
 //
-// Once the handshake is done OpenSSL hands the record keys to the kernel (kTLS) where the
-// kernel has it: the transport's io_uring path then sends and receives plaintext on the socket
-// as before, and the kernel encrypts and decrypts on the way, with no copy in user space.
-// Without kTLS, OpenSSL encrypts in user space and the transport reads and writes through it.
+// Once the handshake is done the record keys go to the kernel (kTLS) where the kernel has it:
+// the transport's io_uring path then sends and receives plaintext on the socket as before, and
+// the kernel encrypts and decrypts on the way, with no copy in user space. Debian 12's OpenSSL
+// 3.0 is built without its own kTLS support, so this installs the keys itself: OpenSSL's
+// key-log callback gives the two application traffic secrets (kept in memory only, wiped once
+// used), OpenSSL's TLS13-KDF derives each direction's key and IV from them (RFC 8446 7.3), and
+// setsockopt(SOL_TLS) hands them to the kernel with record sequence 0 (nothing has been sent
+// or received under them yet: no session tickets, no early data). Without kTLS, OpenSSL
+// encrypts in user space and the transport reads and writes through it.
 // No session tickets (no resumption: every connection does the full handshake) and no
 // renegotiation or key update, so nothing but application data follows the handshake.
 #pragma once
@@ -75,6 +80,10 @@ class TlsChannel {
                                                                const WaitFn& wait);
   ~TlsChannel();
 
+  // OpenSSL's key-log callback (set on both contexts): keeps the application traffic secrets
+  // of the connection, until the handshake hands them to the kernel.
+  static void KeyLog(const SSL* ssl, const char* line);
+
   // Whether the kernel encrypts and decrypts both directions (then read and write the socket
   // directly; nothing is buffered in OpenSSL).
   bool kernel_offload() const { return kernel_offload_; }
@@ -97,6 +106,8 @@ class TlsChannel {
  private:
   TlsChannel(SSL* ssl, std::string peer, bool server)
       : ssl_(ssl), peer_(std::move(peer)), server_(server) {}
+  // Hands the record keys to the kernel; false (nothing changed) where it has no TLS.
+  absl::StatusOr<bool> OffloadToKernel(int fd);
   // The peer refused us with alert ALERT (a TLS alert description).
   absl::Status AlertError(int alert, const std::string& what) const;
   // After an SSL_read/SSL_write that returned RET: waits for the socket and returns OK to
@@ -107,6 +118,7 @@ class TlsChannel {
   std::string peer_;
   bool server_;
   bool kernel_offload_ = false;
+  std::vector<uint8_t> client_secret_, server_secret_;  // wiped once used
   std::string description_;
 };
 
