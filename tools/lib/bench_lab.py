@@ -52,14 +52,15 @@ def workload_cmdline(fill_mib):
     return labkit.workload(mib=fill_mib, rate=1)
 
 
-def lmig_migrate(transport, mem, fill_mib):
-    """One lmig-rdma migration; returns the source's stats JSON."""
+def lmig_migrate(transport, mem, fill_mib, extra=()):
+    """One lmig-rdma migration (EXTRA: flags for both sides); returns the source's stats."""
     port = labkit.next_port()
-    s_json = os.path.join(labkit.RESULTS, f"lmig-{transport}-src.json")
-    dst = labkit.Proc(["dst", "--listen", f"{IP}:{port}", "--transport", transport], "dst")
+    s_json = os.path.join(labkit.RESULTS, f"lmig-{transport}-{port}-src.json")
+    dst = labkit.Proc(["dst", "--listen", f"{IP}:{port}", "--transport", transport, *extra],
+                      "dst")
     dst.wait_for("listening on", 30, stream="err")
     src = labkit.Proc(["src"] + labkit.vm_args(mem=mem, extra_cmdline=workload_cmdline(fill_mib))
-                      + ["--peer", f"{IP}:{port}", "--transport", transport,
+                      + ["--peer", f"{IP}:{port}", "--transport", transport, *extra,
                          "--migrate-on-output", "tick 2 ", "--stats-json", s_json], "src")
     outcome = src.wait_for(r"migration (completed|failed)", 900, stream="err").group(1)
     rc = src.wait(60) if outcome == "completed" else None
@@ -202,7 +203,12 @@ def main():
     ap.add_argument("--fill-mib", type=int, default=1700)
     ap.add_argument("--skip-qemu", action="store_true")
     ap.add_argument("--qemu", default="system", help="the QEMU peer: system, backports or a path")
+    ap.add_argument("--tls-cost", type=int, metavar="REPS", default=0,
+                    help="only the cost of TLS over TCP: REPS migrations with TLS and REPS "
+                         "with --no-tls, interleaved; medians and ranges")
     a = ap.parse_args()
+    if a.tls_cost:
+        return tls_cost(a)
     r = {"guest_mem": a.mem, "fill_mib": a.fill_mib, "qemu": pick_qemu(a.qemu)}
     log(f"QEMU peer: {r['qemu']}")
 
@@ -230,6 +236,49 @@ def main():
         json.dump(r, f, indent=2)
     table = render(r)
     with open(os.path.join(labkit.RESULTS, "bench.md"), "w") as f:
+        f.write(table)
+    print(table, flush=True)
+    return 0
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def tls_cost(a):
+    """TCP migrations of the same guest with TLS (the default with a key) and with --no-tls,
+    interleaved so that drift in the lab's speed hits both alike."""
+    runs = {"tls": [], "plain": []}
+    for i in range(a.tls_cost):
+        for mode, extra in (("tls", ()), ("plain", ("--no-tls",))):
+            log(f"TCP {mode}, run {i + 1} of {a.tls_cost}: {a.mem} guest, {a.fill_mib} MiB "
+                f"non-zero")
+            runs[mode].append(lmig_migrate("tcp", a.mem, a.fill_mib, extra))
+    r = {"guest_mem": a.mem, "fill_mib": a.fill_mib, "reps": a.tls_cost, "runs": runs}
+    with open(os.path.join(labkit.RESULTS, "tls-cost.json"), "w") as f:
+        json.dump(r, f, indent=2)
+    measures = [
+        ("round-1 throughput (Gbit/s)", lambda st: st["per_round"][0]["rate_mbps"] / 1000.0, 3),
+        ("total migration time (ms)", lambda st: st["total_time_ms"], 0),
+        ("downtime (ms)", lambda st: st["downtime_ms"], 1),
+        ("migration-thread CPU per GiB sent (ms)",
+         lambda st: st["cpu_ms"] / (st["transferred_bytes"] / GIB), 0),
+    ]
+    lines = [f"Guest: {a.mem}, {a.fill_mib} MiB non-zero; {a.tls_cost} runs each, interleaved; "
+             f"median (min-max). TLS: {runs['tls'][0]['tls']}.\n",
+             "| measure | TCP with TLS | TCP --no-tls | ratio of medians |", "|---|---|---|---|"]
+    for name, f, digits in measures:
+        cells = []
+        meds = []
+        for mode in ("tls", "plain"):
+            xs = [f(st) for st in runs[mode]]
+            meds.append(median(xs))
+            cells.append(f"{median(xs):.{digits}f} ({min(xs):.{digits}f}-{max(xs):.{digits}f})")
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {meds[0] / meds[1]:.2f} |")
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(labkit.RESULTS, "tls-cost.md"), "w") as f:
         f.write(table)
     print(table, flush=True)
     return 0
@@ -278,6 +327,8 @@ def render(r):
         qdesc = (lambda v, unit: f"{v:.1f} {unit}" if v is not None else
                  "not reported by QEMU" if qok else
                  f"QEMU {q.get('status') if q else 'not run'}")
+        if st.get("tls"):
+            lines.append(f"| {t.upper()} connection | {st['tls']} | QEMU: none | - |")
         lines.append(f"| {t.upper()} total migration time vs QEMU | {st['total_time_ms']:.0f} ms "
                      f"| {qdesc(qtotal, 'ms')} | {ratio(st['total_time_ms'], qtotal)} |")
         lines.append(f"| {t.upper()} downtime vs QEMU | {st['downtime_ms']:.1f} ms "
