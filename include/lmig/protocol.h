@@ -22,7 +22,9 @@
 //   src -> dst  kComplete     Complete: totals, a fresh random nonce and, with --verify-memory,
 //                             a digest of all RAM
 //   dst -> src  kAck          Ack: the guest runs on dst now; echoes COMPLETE's nonce, so an ACK
-//                             sent before the destination saw COMPLETE can never count
+//                             sent before the destination saw COMPLETE can never count; then
+//                             Ack::num_phases PhaseTiming entries: how long each step of the
+//                             destination's part of the pause took (its monotonic clock)
 //   either way  kAbort        StatusMsg: the sender of it gives up; the source keeps its guest
 //   src -> dst  kProgress     mid-round (arg = round, payload = u64 bytes sent so far in it)
 //
@@ -52,7 +54,8 @@
 namespace lmig::proto {
 
 inline constexpr uint32_t kMagic = 0x47494d4c;  // "LMIG"
-inline constexpr uint32_t kVersion = 4;  // 2: PROGRESS; 3: ACK echoes COMPLETE; 4: PSK auth
+// 2: PROGRESS; 3: ACK echoes COMPLETE; 4: PSK auth; 5: ACK carries the destination's phases
+inline constexpr uint32_t kVersion = 5;
 inline constexpr uint64_t kPageSize = 4096;
 inline constexpr uint32_t kMaxVcpus = 64;
 // Pre-copy rounds, final included: a source's --max-rounds is capped by this, and the
@@ -163,13 +166,50 @@ struct StatusMsg {
 };
 static_assert(sizeof(StatusMsg) == 256);
 
-// The destination's answer to COMPLETE.
+// The destination's answer to COMPLETE, followed by num_phases PhaseTiming entries.
 struct Ack {
   StatusMsg status;
   uint64_t complete_nonce;  // Complete::nonce of the COMPLETE it answers
   uint64_t total_pages;     // what the destination counted
+  uint32_t num_phases;      // PhaseTiming entries after this struct, at most kMaxAckPhases
+  uint32_t reserved;        // 0
 };
-static_assert(sizeof(Ack) == 272);
+static_assert(sizeof(Ack) == 280);
+
+// The steps of the destination's part of stop-and-copy that the ACK reports. Values are
+// fixed on the wire; each appears at most once, per vCPU only where it says so.
+enum class DstPhase : uint16_t {
+  kInvalid = 0,
+  // Concurrent with the source's steps (not part of the destination's share of the pause):
+  kStateReceived = 1,    // from the final END_ROUND to DEVICE_STATE in hand
+  kStateValidated = 2,   // ValidateState of the blob on arrival
+  // From COMPLETE in hand to the ACK, in this order:
+  kCompleteChecked = 3,  // COMPLETE's totals (and, with --verify-memory, the digest) checked
+  kRemoteAccessRevoked = 4,  // RDMA: memory deregistered
+  kRestoreVcpu = 5,      // per vCPU (PhaseTiming::vcpu): all of its KVM_SET_* calls
+  kRestoreVm = 6,        // VM-wide: irqchips, PIT, clock, UART
+  kResumed = 7,          // vCPU threads and the console started
+  // One KVM call group of the restore, summed over the vCPUs (kRestoreGroupFirst + the
+  // machine's StateCall: cpuid, mp_state, regs, sregs, xsave, xcrs, lapic, msrs, debugregs,
+  // vcpu_events, irqchips, pit2, clock, uart, validate). Parts of kRestoreVcpu/kRestoreVm.
+  kRestoreGroupFirst = 16,
+  kRestoreGroupLast = 30,
+};
+inline constexpr uint16_t kVcpuNone = 0xffff;  // PhaseTiming::vcpu of a VM-wide phase
+// Bounded: the fixed phases, the call groups and one restore entry per vCPU.
+inline constexpr uint32_t kMaxAckPhases =
+    static_cast<uint32_t>(DstPhase::kRestoreGroupLast) + 1 + kMaxVcpus;
+// A phase longer than this is a lie (the source's whole pause is bounded by --timeout).
+inline constexpr uint64_t kMaxPhaseNs = 3600ull * 1000 * 1000 * 1000;
+
+struct PhaseTiming {
+  uint16_t phase;     // DstPhase
+  uint16_t vcpu;      // the vCPU for kRestoreVcpu, else kVcpuNone
+  uint32_t reserved;  // 0
+  uint64_t ns;        // duration
+};
+static_assert(sizeof(PhaseTiming) == 16);
+const char* DstPhaseName(DstPhase p);
 
 // Builds a header for a payload (hashing it unless FLAGS has kNoPayloadHash).
 FrameHeader MakeHeader(MsgType type, uint64_t arg, std::span<const uint8_t> payload,
@@ -218,6 +258,21 @@ absl::StatusOr<T> Parse(std::span<const uint8_t> b, MsgType type, bool prefix = 
   __builtin_memcpy(&v, b.data(), sizeof(T));
   return v;
 }
+
+// An ACK payload: the Ack and its phase table.
+struct AckMsg {
+  Ack ack;
+  std::vector<PhaseTiming> phases;
+};
+// Serializes an Ack with PHASES (num_phases set from it; at most kMaxAckPhases are sent).
+std::vector<uint8_t> AckBytes(const Ack& ack, std::span<const PhaseTiming> phases);
+// Parses an ACK payload: exactly sizeof(Ack) + num_phases entries, num_phases within bounds,
+// reserved fields zero. The entries' values are checked by CheckPhaseTimings.
+absl::StatusOr<AckMsg> ParseAck(std::span<const uint8_t> payload);
+// Checks a destination's phase table for a guest of NUM_CPUS vCPUs: known phases, each once
+// (per vCPU only kRestoreVcpu, with a vCPU below NUM_CPUS), durations within kMaxPhaseNs.
+// Error names the entry.
+absl::Status CheckPhaseTimings(std::span<const PhaseTiming> phases, uint32_t num_cpus);
 
 // One received control message.
 struct Message {

@@ -26,6 +26,15 @@ inline absl::Status Annotate(const absl::Status& s, absl::string_view context) {
   return absl::Status(s.code(), absl::StrCat(context, ": ", s.message()));
 }
 
+// The same for a StatusOr: its value when OK, else its status with CONTEXT prepended.
+template <typename T>
+absl::StatusOr<T> Annotate(absl::StatusOr<T> s, absl::string_view context) {
+  if (s.ok()) {
+    return s;
+  }
+  return Annotate(s.status(), context);
+}
+
 }  // namespace lmig
 
 #define LMIG_CONCAT_INNER(a, b) a##b

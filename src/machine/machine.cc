@@ -40,6 +40,10 @@ void InstallKickHandler() {
   });
 }
 
+double MsBetween(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
 void SignalEvent(int fd) {
   const uint64_t one = 1;
   (void)!::write(fd, &one, sizeof(one));
@@ -309,6 +313,7 @@ absl::Status Machine::LoadLinux(const BootConfig& boot) {
 absl::Status Machine::Start() {
   std::lock_guard<std::mutex> lock(mu_);
   running_threads_ = num_vcpus();
+  parked_at_.assign(vcpus_.size(), Clock::time_point());
   for (int i = 0; i < num_vcpus(); ++i) {
     threads_.emplace_back([this, i] { VcpuLoop(i); });
   }
@@ -339,6 +344,7 @@ void Machine::VcpuLoop(int index) {
         (void)vcpu.Run();
         vcpu.run()->immediate_exit = 0;
         ++parked_;
+        parked_at_[index] = Clock::now();
         cv_.notify_all();
         cv_.wait(lock, [&] { return pause_depth_ == 0 || stop_; });
         --parked_;
@@ -349,8 +355,13 @@ void Machine::VcpuLoop(int index) {
     if (err == EINTR || err == EAGAIN) {
       const int pct = throttle_pct_.load();
       if (pct > 0) {
-        // Sleep so that the vCPU runs (100 - pct)% of each 10 ms slice.
-        std::this_thread::sleep_for(std::chrono::microseconds(10000 * pct / (100 - pct)));
+        // Sleep so that the vCPU runs (100 - pct)% of each 10 ms slice; a Pause, a stop or the
+        // throttle's end cuts the sleep short (a sleeping vCPU would otherwise hold up a
+        // stop-and-copy by up to its whole share, 1 s at 99%).
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait_for(lock, std::chrono::microseconds(10000 * pct / (100 - pct)), [&] {
+          return pause_depth_ > 0 || stop_ || throttle_pct_.load() == 0;
+        });
       }
       continue;
     }
@@ -478,6 +489,11 @@ void Machine::SetThrottle(int pct) {
   if (pct > 0 && old == 0) {
     throttle_thread_ = std::thread([this] { ThrottleLoop(); });
   } else if (pct == 0 && throttle_thread_.joinable()) {
+    {
+      // Wakes the throttle thread and the vCPUs sleeping their share at once.
+      std::lock_guard<std::mutex> lock(mu_);
+      cv_.notify_all();
+    }
     throttle_thread_.join();
   }
 }
@@ -493,18 +509,36 @@ void Machine::ThrottleLoop() {
       }
     }
     const int pct = throttle_pct_.load();
-    std::this_thread::sleep_for(std::chrono::microseconds(10000 + 10000 * pct / (100 - pct)));
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, std::chrono::microseconds(10000 + 10000 * pct / (100 - pct)),
+                 [&] { return throttle_pct_.load() == 0 || stop_.load(); });
   }
 }
 
 void Machine::Pause() {
+  const Clock::time_point start = Clock::now();
   std::unique_lock<std::mutex> lock(mu_);
-  ++pause_depth_;
+  const bool first = pause_depth_++ == 0;
   for (size_t i = 0; i < threads_.size(); ++i) {
     vcpus_[i]->run()->immediate_exit = 1;
     pthread_kill(threads_[i].native_handle(), kKickSignal);
   }
+  cv_.notify_all();  // a throttled vCPU sleeping its share parks at once
   cv_.wait(lock, [&] { return parked_ >= running_threads_; });
+  if (first) {
+    last_pause_.vcpu_ms.assign(vcpus_.size(), 0);
+    for (size_t i = 0; i < parked_at_.size() && i < vcpus_.size(); ++i) {
+      if (parked_at_[i] >= start) {
+        last_pause_.vcpu_ms[i] = MsBetween(start, parked_at_[i]);
+      }
+    }
+    last_pause_.total_ms = MsBetween(start, Clock::now());
+  }
+}
+
+PauseTiming Machine::last_pause() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return last_pause_;
 }
 
 void Machine::Resume() {
@@ -597,48 +631,119 @@ absl::StatusOr<std::string> Machine::Describe() {
 // State save / restore (Documentation/virt/kvm/api.rst; restore order as Firecracker/QEMU:
 // CPUID first, LAPIC before MSRs so TSC_DEADLINE sticks, events last)
 
+const char* StateCallName(StateCall c) {
+  switch (c) {
+    case StateCall::kCpuid: return "cpuid";
+    case StateCall::kMpState: return "mp_state";
+    case StateCall::kRegs: return "regs";
+    case StateCall::kSregs: return "sregs";
+    case StateCall::kXsave: return "xsave";
+    case StateCall::kXcrs: return "xcrs";
+    case StateCall::kLapic: return "lapic";
+    case StateCall::kMsrs: return "msrs";
+    case StateCall::kDebugRegs: return "debugregs";
+    case StateCall::kEvents: return "vcpu_events";
+    case StateCall::kIrqchip: return "irqchips";
+    case StateCall::kPit: return "pit2";
+    case StateCall::kClock: return "clock";
+    case StateCall::kUart: return "uart";
+    case StateCall::kValidate: return "validate";
+  }
+  return "unknown";
+}
+
+namespace {
+
+// Adds the time since the previous lap to one call group (and, through the caller, to the
+// vCPU or VM-wide total).
+class Laps {
+ public:
+  explicit Laps(StateTiming& t) : t_(t), last_(std::chrono::steady_clock::now()) {}
+  void Lap(StateCall c) {
+    const auto now = std::chrono::steady_clock::now();
+    t_.call_ms[static_cast<int>(c)] += MsBetween(last_, now);
+    last_ = now;
+  }
+
+ private:
+  StateTiming& t_;
+  std::chrono::steady_clock::time_point last_;
+};
+
+}  // namespace
+
 absl::StatusOr<std::vector<uint8_t>> Machine::SaveState() {
+  ASSIGN_OR_RETURN(SavedState s, SaveStateTimed());
+  return std::move(s.blob);
+}
+
+absl::StatusOr<SavedState> Machine::SaveStateTimed() {
+  const Clock::time_point start = Clock::now();
+  SavedState out;
+  StateTiming& t = out.timing;
+  Laps laps(t);
   StateWriter w;
   for (auto& vp : vcpus_) {
+    const Clock::time_point vcpu_start = Clock::now();
     VcpuFd& v = *vp;
     const uint32_t id = static_cast<uint32_t>(v.id());
     // KVM_GET_CPUID2 is not in every kernel's uapi; the VMM set the table, so it knows it.
     const std::vector<kvm_cpuid_entry2>& cpuid = cpuid_[id];
     w.Add(StateTag::kCpuid, id, cpuid.data(), cpuid.size() * sizeof(kvm_cpuid_entry2));
+    laps.Lap(StateCall::kCpuid);
     ASSIGN_OR_RETURN(kvm_mp_state mp, v.GetMpState());
     w.AddPod(StateTag::kMpState, id, mp);
+    laps.Lap(StateCall::kMpState);
     ASSIGN_OR_RETURN(kvm_regs regs, v.GetRegs());
     w.AddPod(StateTag::kRegs, id, regs);
+    laps.Lap(StateCall::kRegs);
     ASSIGN_OR_RETURN(kvm_sregs sregs, v.GetSregs());
     w.AddPod(StateTag::kSregs, id, sregs);
+    laps.Lap(StateCall::kSregs);
     ASSIGN_OR_RETURN(std::vector<uint8_t> xsave, v.GetXsave(xsave_size_));
     w.Add(StateTag::kXsave, id, xsave.data(), xsave.size());
+    laps.Lap(StateCall::kXsave);
     ASSIGN_OR_RETURN(kvm_xcrs xcrs, v.GetXcrs());
     w.AddPod(StateTag::kXcrs, id, xcrs);
+    laps.Lap(StateCall::kXcrs);
     ASSIGN_OR_RETURN(kvm_lapic_state lapic, v.GetLapic());
     w.AddPod(StateTag::kLapic, id, lapic);
+    laps.Lap(StateCall::kLapic);
     ASSIGN_OR_RETURN(std::vector<kvm_msr_entry> msrs, v.GetMsrs(msr_indices_));
     if (msrs.size() != msr_indices_.size()) {
       return absl::InternalError(absl::StrFormat("KVM_GET_MSRS vcpu=%d: read %d of %d MSRs",
                                                  id, msrs.size(), msr_indices_.size()));
     }
     w.Add(StateTag::kMsrs, id, msrs.data(), msrs.size() * sizeof(kvm_msr_entry));
+    laps.Lap(StateCall::kMsrs);
     ASSIGN_OR_RETURN(kvm_vcpu_events ev, v.GetVcpuEvents());
     w.AddPod(StateTag::kVcpuEvents, id, ev);
+    laps.Lap(StateCall::kEvents);
     ASSIGN_OR_RETURN(kvm_debugregs dr, v.GetDebugRegs());
     w.AddPod(StateTag::kDebugRegs, id, dr);
+    laps.Lap(StateCall::kDebugRegs);
+    t.vcpu_ms.push_back(MsBetween(vcpu_start, Clock::now()));
   }
+  const Clock::time_point vm_start = Clock::now();
   for (uint32_t chip : {KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC}) {
     ASSIGN_OR_RETURN(kvm_irqchip c, vm_.GetIrqchip(chip));
     w.AddPod(StateTag::kIrqchip, kVmWide, c);
   }
+  laps.Lap(StateCall::kIrqchip);
   ASSIGN_OR_RETURN(kvm_pit_state2 pit, vm_.GetPit2());
   w.AddPod(StateTag::kPit2, kVmWide, pit);
+  laps.Lap(StateCall::kPit);
   ASSIGN_OR_RETURN(kvm_clock_data clock, vm_.GetClock());
   w.AddPod(StateTag::kClock, kVmWide, clock);
+  laps.Lap(StateCall::kClock);
   const std::vector<uint8_t> uart = uart_->Save().Serialize();
   w.Add(StateTag::kUart, kVmWide, uart.data(), uart.size());
-  return w.Finish();
+  out.blob = w.Finish();
+  laps.Lap(StateCall::kUart);
+  const Clock::time_point end = Clock::now();
+  t.vm_ms = MsBetween(vm_start, end);
+  t.total_ms = MsBetween(start, end);
+  return out;
 }
 
 StateLimits Machine::state_limits() const {
@@ -650,30 +755,58 @@ StateLimits Machine::state_limits() const {
 }
 
 absl::Status Machine::RestoreState(std::span<const uint8_t> blob) {
+  return RestoreStateTimed(blob).status();
+}
+
+absl::StatusOr<StateTiming> Machine::RestoreStateTimed(std::span<const uint8_t> blob) {
+  const Clock::time_point start = Clock::now();
+  StateTiming t;
+  Laps laps(t);
   // Nothing reaches KVM before the whole blob is known to be complete and well-formed.
   ASSIGN_OR_RETURN(ValidatedState st, ValidateState(blob, state_limits()));
+  laps.Lap(StateCall::kValidate);
   for (size_t id = 0; id < vcpus_.size(); ++id) {
+    const Clock::time_point vcpu_start = Clock::now();
     VcpuFd& v = *vcpus_[id];
     const VcpuState& s = st.vcpus[id];
     RETURN_IF_ERROR(v.SetCpuid(s.cpuid));
+    laps.Lap(StateCall::kCpuid);
     RETURN_IF_ERROR(v.SetMpState(s.mp_state));
+    laps.Lap(StateCall::kMpState);
     RETURN_IF_ERROR(v.SetRegs(s.regs));
+    laps.Lap(StateCall::kRegs);
     RETURN_IF_ERROR(v.SetSregs(s.sregs));
+    laps.Lap(StateCall::kSregs);
     RETURN_IF_ERROR(v.SetXsave(s.xsave, xsave_size_));
+    laps.Lap(StateCall::kXsave);
     RETURN_IF_ERROR(v.SetXcrs(s.xcrs));
+    laps.Lap(StateCall::kXcrs);
     RETURN_IF_ERROR(v.SetLapic(s.lapic));
+    laps.Lap(StateCall::kLapic);
     RETURN_IF_ERROR(v.SetMsrs(s.msrs));
+    laps.Lap(StateCall::kMsrs);
     RETURN_IF_ERROR(v.SetDebugRegs(s.debugregs));
+    laps.Lap(StateCall::kDebugRegs);
     RETURN_IF_ERROR(v.SetVcpuEvents(s.events));
+    laps.Lap(StateCall::kEvents);
     cpuid_[id] = s.cpuid;
+    t.vcpu_ms.push_back(MsBetween(vcpu_start, Clock::now()));
   }
+  const Clock::time_point vm_start = Clock::now();
   for (const kvm_irqchip& c : st.irqchips) {
     RETURN_IF_ERROR(vm_.SetIrqchip(c));
   }
+  laps.Lap(StateCall::kIrqchip);
   RETURN_IF_ERROR(vm_.SetPit2(st.pit));
+  laps.Lap(StateCall::kPit);
   RETURN_IF_ERROR(vm_.SetClock(st.clock));
+  laps.Lap(StateCall::kClock);
   uart_->Restore(st.uart);
-  return absl::OkStatus();
+  laps.Lap(StateCall::kUart);
+  const Clock::time_point end = Clock::now();
+  t.vm_ms = MsBetween(vm_start, end);
+  t.total_ms = MsBetween(start, end);
+  return t;
 }
 
 // ---------------------------------------------------------------------------------------------

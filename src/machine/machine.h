@@ -6,7 +6,9 @@
 // save/restore happens only while the vCPUs are parked (Pause) or not yet started.
 #pragma once
 
+#include <array>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -23,6 +25,7 @@
 #include "src/kvm/kvm.h"
 #include "src/machine/guest_memory.h"
 #include "src/machine/state_codec.h"
+#include "src/machine/state_timing.h"
 
 namespace lmig {
 
@@ -39,6 +42,19 @@ struct BootConfig {
   std::string kernel;
   std::string initrd;  // may be empty
   std::string cmdline;
+};
+
+// How long the last Pause took to park the vCPUs (monotonic clock): the whole call, and for
+// each vCPU the time from its kick to its parking (0 for a vCPU that was already parked).
+struct PauseTiming {
+  double total_ms = 0;
+  std::vector<double> vcpu_ms;
+};
+
+// A saved state and how long saving it took.
+struct SavedState {
+  std::vector<uint8_t> blob;
+  StateTiming timing;
 };
 
 // Why the machine stopped.
@@ -108,6 +124,8 @@ class Machine {
   // state dump may overlap).
   void Pause();
   void Resume();
+  // How long the last Pause that parked the vCPUs took (per vCPU: kick to parked).
+  PauseTiming last_pause() const;
   // One line per vCPU (RIP, RFLAGS.IF, MP state, pending events, LAPIC ISR/IRR) plus the
   // IOAPIC/PIC view of the console IRQ and the UART's registers: what a stuck guest is doing.
   // Pauses the vCPUs for the moment it takes.
@@ -127,11 +145,15 @@ class Machine {
   // Machine state (all vCPUs, irqchips, PIT, clock, UART) as a blob (src/machine/state_codec.h).
   // Call only while paused or before Start.
   absl::StatusOr<std::vector<uint8_t>> SaveState();
+  // SaveState, timed per vCPU, VM-wide and per KVM call group.
+  absl::StatusOr<SavedState> SaveStateTimed();
   // Checks the whole of STATE against this machine's limits (ValidateState: one message naming
   // the record and the problem) before any of it reaches KVM, then applies it in a fixed order.
   // A rejected blob leaves the machine untouched; an ioctl failing midway leaves it partly
   // restored (it must then not run). For a machine created with the same config.
   absl::Status RestoreState(std::span<const uint8_t> state);
+  // RestoreState, timed per vCPU, VM-wide and per KVM call group (kValidate: the validation).
+  absl::StatusOr<StateTiming> RestoreStateTimed(std::span<const uint8_t> state);
   // What this machine's KVM reads and accepts: vCPU count, XSAVE size, restorable MSRs.
   StateLimits state_limits() const;
 
@@ -176,6 +198,9 @@ class Machine {
   int pause_depth_ = 0;
   int parked_ = 0;
   int running_threads_ = 0;
+  using Clock = std::chrono::steady_clock;
+  std::vector<Clock::time_point> parked_at_;  // per vCPU: when it last parked
+  PauseTiming last_pause_;
   std::atomic<bool> stop_{false};
   ExitInfo exit_;
   UniqueFd stop_event_;

@@ -22,9 +22,13 @@ class MachineVm : public IncomingVm {
   absl::Status CheckState(std::span<const uint8_t> blob) override {
     return ValidateState(blob, m_->state_limits()).status();
   }
-  absl::Status RestoreAndResume(std::span<const uint8_t> blob) override {
-    RETURN_IF_ERROR(Annotate(m_->RestoreState(blob), "restoring device state"));
-    return resume_(m_);
+  absl::StatusOr<RestoreTimings> RestoreAndResume(std::span<const uint8_t> blob) override {
+    RestoreTimings t;
+    ASSIGN_OR_RETURN(t.restore, Annotate(m_->RestoreStateTimed(blob), "restoring device state"));
+    const MonoClock::time_point start = MonoClock::now();
+    RETURN_IF_ERROR(resume_(m_));
+    t.resume_ms = MsBetween(start, MonoClock::now());
+    return t;
   }
 
  private:

@@ -4,9 +4,13 @@
 #include <xxhash.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
+#include <iterator>
+#include <string_view>
 
 #include "absl/strings/str_format.h"
+#include "include/lmig/status.h"
 
 namespace lmig::proto {
 
@@ -55,7 +59,7 @@ uint64_t MaxPayload(MsgType type) {
     case MsgType::kEndRound: return sizeof(EndRound) + kSealOverhead;
     case MsgType::kDeviceState: return kMaxDeviceState + kSealOverhead;
     case MsgType::kComplete: return sizeof(Complete) + kSealOverhead;
-    case MsgType::kAck: return sizeof(Ack) + kSealOverhead;
+    case MsgType::kAck: return sizeof(Ack) + kMaxAckPhases * sizeof(PhaseTiming) + kSealOverhead;
     case MsgType::kAbort: return sizeof(StatusMsg) + kSealOverhead;
     case MsgType::kProgress: return sizeof(uint64_t) + kSealOverhead;
     case MsgType::kAuthChallenge: return sizeof(AuthChallenge);
@@ -124,6 +128,108 @@ absl::Status StatusFromMsg(const StatusMsg& m) {
 
 uint64_t MemoryDigest(std::span<const uint8_t> mem) {
   return XXH3_64bits(mem.data(), mem.size());
+}
+
+const char* DstPhaseName(DstPhase p) {
+  static constexpr const char* kGroups[] = {
+      "cpuid", "mp_state", "regs", "sregs", "xsave", "xcrs", "lapic", "msrs",
+      "debugregs", "vcpu_events", "irqchips", "pit2", "clock", "uart", "validate"};
+  static_assert(std::size(kGroups) == static_cast<size_t>(DstPhase::kRestoreGroupLast) -
+                                          static_cast<size_t>(DstPhase::kRestoreGroupFirst) + 1);
+  switch (p) {
+    case DstPhase::kStateReceived: return "state_received";
+    case DstPhase::kStateValidated: return "state_validated";
+    case DstPhase::kCompleteChecked: return "complete_checked";
+    case DstPhase::kRemoteAccessRevoked: return "remote_access_revoked";
+    case DstPhase::kRestoreVcpu: return "restore_vcpu";
+    case DstPhase::kRestoreVm: return "restore_vm";
+    case DstPhase::kResumed: return "vcpus_resumed";
+    default: break;
+  }
+  const auto v = static_cast<uint16_t>(p);
+  if (v >= static_cast<uint16_t>(DstPhase::kRestoreGroupFirst) &&
+      v <= static_cast<uint16_t>(DstPhase::kRestoreGroupLast)) {
+    return kGroups[v - static_cast<uint16_t>(DstPhase::kRestoreGroupFirst)];
+  }
+  return "invalid";
+}
+
+std::vector<uint8_t> AckBytes(const Ack& ack, std::span<const PhaseTiming> phases) {
+  Ack a = ack;
+  const size_t n = std::min<size_t>(phases.size(), kMaxAckPhases);
+  a.num_phases = static_cast<uint32_t>(n);
+  a.reserved = 0;
+  std::vector<uint8_t> out = Bytes(a);
+  const auto* p = reinterpret_cast<const uint8_t*>(phases.data());
+  out.insert(out.end(), p, p + n * sizeof(PhaseTiming));
+  return out;
+}
+
+absl::StatusOr<AckMsg> ParseAck(std::span<const uint8_t> payload) {
+  AckMsg m;
+  ASSIGN_OR_RETURN(m.ack, Parse<Ack>(payload, MsgType::kAck, /*prefix=*/true));
+  if (m.ack.num_phases > kMaxAckPhases || m.ack.reserved != 0) {
+    return absl::DataLossError(absl::StrFormat(
+        "ACK: %d phase entries (at most %d), reserved 0x%x", m.ack.num_phases, kMaxAckPhases,
+        m.ack.reserved));
+  }
+  const uint64_t want = sizeof(Ack) + uint64_t{m.ack.num_phases} * sizeof(PhaseTiming);
+  if (payload.size() != want) {
+    return absl::DataLossError(absl::StrFormat(
+        "ACK: payload of %d bytes, %d phase entries need %d", payload.size(),
+        m.ack.num_phases, want));
+  }
+  m.phases.resize(m.ack.num_phases);
+  if (!m.phases.empty()) {
+    std::memcpy(m.phases.data(), payload.data() + sizeof(Ack),
+                m.phases.size() * sizeof(PhaseTiming));
+  }
+  return m;
+}
+
+absl::Status CheckPhaseTimings(std::span<const PhaseTiming> phases, uint32_t num_cpus) {
+  if (phases.size() > kMaxAckPhases) {
+    return absl::DataLossError(absl::StrFormat("%d phase entries, at most %d", phases.size(),
+                                               kMaxAckPhases));
+  }
+  // Seen: one bit per fixed phase and per vCPU of kRestoreVcpu.
+  std::vector<bool> seen(static_cast<size_t>(DstPhase::kRestoreGroupLast) + 1, false);
+  std::vector<bool> seen_vcpu(kMaxVcpus, false);
+  for (size_t i = 0; i < phases.size(); ++i) {
+    const PhaseTiming& e = phases[i];
+    const DstPhase p = static_cast<DstPhase>(e.phase);
+    if (e.phase >= seen.size() || std::string_view(DstPhaseName(p)) == "invalid") {
+      return absl::DataLossError(absl::StrFormat("phase entry %d: unknown phase %d", i, e.phase));
+    }
+    if (e.reserved != 0 || e.ns > kMaxPhaseNs) {
+      return absl::DataLossError(absl::StrFormat(
+          "phase entry %d (%s): %d ns (at most %d), reserved 0x%x", i, DstPhaseName(p), e.ns,
+          kMaxPhaseNs, e.reserved));
+    }
+    if (p == DstPhase::kRestoreVcpu) {
+      if (e.vcpu >= num_cpus || e.vcpu >= kMaxVcpus) {
+        return absl::DataLossError(absl::StrFormat(
+            "phase entry %d (%s): vCPU %d, the guest has %d", i, DstPhaseName(p), e.vcpu,
+            num_cpus));
+      }
+      if (seen_vcpu[e.vcpu]) {
+        return absl::DataLossError(absl::StrFormat("phase entry %d: %s of vCPU %d twice", i,
+                                                   DstPhaseName(p), e.vcpu));
+      }
+      seen_vcpu[e.vcpu] = true;
+      continue;
+    }
+    if (e.vcpu != kVcpuNone) {
+      return absl::DataLossError(absl::StrFormat(
+          "phase entry %d (%s) is VM-wide but names vCPU %d", i, DstPhaseName(p), e.vcpu));
+    }
+    if (seen[e.phase]) {
+      return absl::DataLossError(
+          absl::StrFormat("phase entry %d: %s twice", i, DstPhaseName(p)));
+    }
+    seen[e.phase] = true;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status AbortReason(const Message& m) {

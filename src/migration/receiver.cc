@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "include/lmig/status.h"
 #include "src/migration/secure_channel.h"
@@ -137,6 +138,8 @@ absl::Status MigrationReceiver::OnEndRound(const proto::Message& m, MigrationSta
   round_progress_ = 0;
   round_data_start_ = t_->stats().data_bytes;
   if (er.final_round) {
+    final_round_at_ = MonoClock::now();
+    phases_.clear();
     // No guest memory from the wire any more; state and completion follow promptly.
     t_->AllowIncomingPages(false);
     t_->SetDeadline(std::min(migration_deadline_, absl::Now() + opts_.phase_timeout),
@@ -146,14 +149,32 @@ absl::Status MigrationReceiver::OnEndRound(const proto::Message& m, MigrationSta
   return absl::OkStatus();
 }
 
+void MigrationReceiver::AddPhase(proto::DstPhase p, double ms, uint16_t vcpu) {
+  proto::PhaseTiming e{};
+  e.phase = static_cast<uint16_t>(p);
+  e.vcpu = vcpu;
+  e.ns = static_cast<uint64_t>(std::clamp(ms, 0.0, proto::kMaxPhaseNs / 1e6) * 1e6);
+  phases_.push_back(e);
+}
+
 absl::Status MigrationReceiver::OnDeviceState(const proto::Message& m) {
+  const MonoClock::time_point start = MonoClock::now();
+  AddPhase(proto::DstPhase::kStateReceived, MsBetween(final_round_at_, start));
   RETURN_IF_ERROR(Annotate(vm_->CheckState(m.payload), "DEVICE_STATE refused"));
+  AddPhase(proto::DstPhase::kStateValidated, MsBetween(start, MonoClock::now()));
   device_state_ = m.payload;
   state_ = State::kHaveState;
   return absl::OkStatus();
 }
 
 absl::Status MigrationReceiver::OnComplete(const proto::Message& m, MigrationStats& stats) {
+  MonoClock::time_point lap = MonoClock::now();
+  auto since_lap = [&lap] {
+    const MonoClock::time_point now = MonoClock::now();
+    const double ms = MsBetween(lap, now);
+    lap = now;
+    return ms;
+  };
   ASSIGN_OR_RETURN(proto::Complete c, proto::Parse<proto::Complete>(m.payload, m.type));
   if (c.state_bytes != device_state_.size()) {
     return absl::DataLossError(absl::StrFormat(
@@ -173,15 +194,42 @@ absl::Status MigrationReceiver::OnComplete(const proto::Message& m, MigrationSta
     }
     progress_("memory digest verified");
   }
+  AddPhase(proto::DstPhase::kCompleteChecked, since_lap());
   t_->RevokeRemoteAccess();
-  RETURN_IF_ERROR(Annotate(vm_->RestoreAndResume(device_state_), "resuming the guest"));
+  AddPhase(proto::DstPhase::kRemoteAccessRevoked, since_lap());
+  ASSIGN_OR_RETURN(RestoreTimings rt,
+                   Annotate(vm_->RestoreAndResume(device_state_), "resuming the guest"));
   state_ = State::kDone;
   stats.state_bytes = device_state_.size();
+  if (rt.restore.has_value()) {
+    const StateTiming& t = *rt.restore;
+    for (size_t i = 0; i < t.vcpu_ms.size() && i < hello_.num_cpus; ++i) {
+      AddPhase(proto::DstPhase::kRestoreVcpu, t.vcpu_ms[i], static_cast<uint16_t>(i));
+    }
+    AddPhase(proto::DstPhase::kRestoreVm, t.vm_ms);
+    static_assert(static_cast<int>(proto::DstPhase::kRestoreGroupLast) -
+                      static_cast<int>(proto::DstPhase::kRestoreGroupFirst) + 1 ==
+                  kNumStateCalls);
+    for (int c = 0; c < kNumStateCalls; ++c) {
+      AddPhase(static_cast<proto::DstPhase>(
+                   static_cast<int>(proto::DstPhase::kRestoreGroupFirst) + c),
+               t.call_ms[c]);
+    }
+  }
+  if (rt.resume_ms.has_value()) {
+    AddPhase(proto::DstPhase::kResumed, *rt.resume_ms);
+  }
   proto::Ack ack{};
   ack.status = proto::MakeStatusMsg(absl::OkStatus());
   ack.complete_nonce = c.nonce;
   ack.total_pages = pages_announced_;
-  RETURN_IF_ERROR(t_->Send(MsgType::kAck, 0, proto::Bytes(ack)));
+  RETURN_IF_ERROR(t_->Send(MsgType::kAck, 0, proto::AckBytes(ack, phases_)));
+  // This side's report: the same steps, as the source will show them.
+  DestinationPhases d = PhasesFromTable(phases_, static_cast<int>(hello_.num_cpus));
+  stats.phases = std::move(d.concurrent);
+  for (Phase& p : d.in_pause) {
+    stats.phases.push_back(std::move(p));
+  }
   return absl::OkStatus();
 }
 

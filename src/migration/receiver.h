@@ -17,6 +17,7 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -24,10 +25,18 @@
 #include "absl/time/time.h"
 #include "include/lmig/protocol.h"
 #include "include/lmig/transport.h"
+#include "src/machine/state_timing.h"
 #include "src/migration/stats.h"
 #include "src/crypto/psk.h"
 
 namespace lmig {
+
+// How long the destination's restore and resume took (monotonic clock); an unset field was
+// not measured and is reported as missing.
+struct RestoreTimings {
+  std::optional<StateTiming> restore;
+  std::optional<double> resume_ms;  // vCPU threads and console started
+};
 
 // What the receiver needs of the machine it fills (a Machine in the VMM; a plain buffer in
 // the fuzzer and the unit tests).
@@ -38,8 +47,8 @@ class IncomingVm {
   virtual std::span<uint8_t> memory() = 0;
   // Validates a device-state blob without touching the VM. Error names the record.
   virtual absl::Status CheckState(std::span<const uint8_t> blob) = 0;
-  // Loads the (validated) state and starts the vCPUs.
-  virtual absl::Status RestoreAndResume(std::span<const uint8_t> blob) = 0;
+  // Loads the (validated) state and starts the vCPUs; returns how long each step took.
+  virtual absl::StatusOr<RestoreTimings> RestoreAndResume(std::span<const uint8_t> blob) = 0;
 };
 
 struct ReceiverOptions {
@@ -105,6 +114,10 @@ class MigrationReceiver {
   uint64_t round_data_start_ = 0;     // transport data bytes when the round began (TCP)
   uint64_t round_progress_ = 0;       // bytes the last PROGRESS of this round claimed
   absl::Time start_;
+  // Stop-and-copy steps, for the ACK (and this side's report).
+  MonoClock::time_point final_round_at_;
+  std::vector<proto::PhaseTiming> phases_;
+  void AddPhase(proto::DstPhase p, double ms, uint16_t vcpu = proto::kVcpuNone);
   absl::Time migration_deadline_ = absl::InfiniteFuture();
 };
 

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "include/lmig/status.h"
 #include "src/migration/secure_channel.h"
@@ -111,8 +112,10 @@ absl::Status MigrationSender::Handshake() {
       std::span<const uint8_t>(ack.payload).subspan(sizeof(proto::StatusMsg)));
 }
 
-absl::Status MigrationSender::SendRound(int round, const PageBitmap& pages, bool final_round,
-                                        int throttle, MigrationStats& stats) {
+absl::StatusOr<MonoClock::time_point> MigrationSender::SendRound(int round,
+                                                                 const PageBitmap& pages,
+                                                                 bool final_round, int throttle,
+                                                                 MigrationStats& stats) {
   const absl::Time start = absl::Now();
   const std::vector<RamRun> runs = CoalesceRuns(pages, opts_.max_run_bytes);
   uint64_t bytes = 0, batch_bytes = 0;
@@ -136,6 +139,7 @@ absl::Status MigrationSender::SendRound(int round, const PageBitmap& pages, bool
   }
   RETURN_IF_ERROR(t_->Write(batch));
   bytes += batch_bytes;
+  const MonoClock::time_point written = MonoClock::now();
   RETURN_IF_ERROR(t_->Flush());
   proto::EndRound er{static_cast<uint32_t>(round), final_round ? 1u : 0u, bytes / kPage, bytes};
   RETURN_IF_ERROR(t_->Send(proto::MsgType::kEndRound, 0, proto::Bytes(er)));
@@ -154,32 +158,139 @@ absl::Status MigrationSender::SendRound(int round, const PageBitmap& pages, bool
   stats.per_round.push_back(rs);
   stats.pages_sent += bytes / kPage;
   stats.rounds = round;
-  progress_(absl::StrFormat("round %d%s: %d pages (%.1f MiB) in %.1f ms, %.1f Mbit/s", round,
-                            final_round ? " (stop-and-copy)" : "", bytes / kPage,
-                            bytes / 1048576.0, secs * 1000, rs.rate_mbps));
-  return absl::OkStatus();
+  std::string line =
+      absl::StrFormat("round %d%s: %d pages (%.1f MiB) in %.1f ms, %.1f Mbit/s", round,
+                      final_round ? " (stop-and-copy)" : "", bytes / kPage, bytes / 1048576.0,
+                      secs * 1000, rs.rate_mbps);
+  if (final_round) {
+    deferred_progress_ = std::move(line);  // no console output inside the pause
+  } else {
+    progress_(line);
+  }
+  return written;
 }
 
 void MigrationSender::ResumeIfPaused(MigrationStats& stats) {
   if (paused_) {
     m_->Resume();
     paused_ = false;
-    stats.downtime_ms = Ms(absl::Now() - paused_at_);
+    EndPhase(stats, "source_vcpus_resumed");
+    stats.downtime_ms = MsBetween(paused_mono_, MonoClock::now());
+  }
+}
+
+Phase& MigrationSender::EndPhase(MigrationStats& stats, const char* name) {
+  const MonoClock::time_point now = MonoClock::now();
+  Phase p;
+  p.name = name;
+  p.side = "source";
+  p.ms = MsBetween(phase_start_, now);
+  phase_start_ = now;
+  stats.phases.push_back(std::move(p));
+  return stats.phases.back();
+}
+
+namespace {
+
+Phase MakePhase(std::string name, std::string side, double ms) {
+  Phase p;
+  p.name = std::move(name);
+  p.side = std::move(side);
+  p.ms = ms;
+  return p;
+}
+
+// Per-vCPU and VM-wide parts, and the call groups, of a state save or restore.
+void AddStateParts(Phase& p, const StateTiming& t) {
+  for (size_t i = 0; i < t.vcpu_ms.size(); ++i) {
+    p.parts.push_back(MakePhase(absl::StrCat("vcpu", i), p.side, t.vcpu_ms[i]));
+  }
+  p.parts.push_back(MakePhase("vm", p.side, t.vm_ms));
+  for (int c = 0; c < kNumStateCalls; ++c) {
+    if (t.call_ms[c] > 0) {
+      p.calls.push_back(MakePhase(StateCallName(static_cast<StateCall>(c)), p.side, t.call_ms[c]));
+    }
+  }
+}
+
+}  // namespace
+
+void MigrationSender::AddDestinationPhases(MigrationStats& stats,
+                                           const std::vector<proto::PhaseTiming>& dst,
+                                           double ack_wait_ms) {
+  auto missing = [&](const std::string& why) {
+    stats.phases.push_back(MakePhase("ack_wait", "source", ack_wait_ms));
+    stats.phases_note = why;
+  };
+  if (absl::Status s = proto::CheckPhaseTimings(dst, static_cast<uint32_t>(m_->num_vcpus()));
+      !s.ok()) {
+    missing(absl::StrCat("the destination's phases were refused (", s.message(),
+                         "): its part of the pause is missing"));
+    return;
+  }
+  if (dst.empty()) {
+    missing("the destination reported no phases: its part of the pause is missing");
+    return;
+  }
+  DestinationPhases d = PhasesFromTable(dst, m_->num_vcpus());
+  const double dst_ms = d.in_pause_ms;
+  // The destination's steps happen inside the source's wait for the ACK: a table that claims
+  // more than that wait (beyond clock-rate noise) is not believed.
+  if (dst_ms > ack_wait_ms * 1.01 + 0.05) {
+    missing(absl::StrFormat("the destination's phases were refused: they add up to %.2f ms, "
+                            "more than the %.2f ms the source waited for the ACK",
+                            dst_ms, ack_wait_ms));
+    return;
+  }
+  for (Phase& q : d.in_pause) {
+    stats.phases.push_back(std::move(q));
+  }
+  stats.phases.push_back(MakePhase("ack_round_trip", "wire", std::max(0.0, ack_wait_ms - dst_ms)));
+  for (Phase& q : d.concurrent) {
+    stats.phases.push_back(std::move(q));
   }
 }
 
 absl::Status MigrationSender::StopAndCopy(PageBitmap& dirty, MigrationStats& stats) {
+  stats.phases.clear();
+  stats.phases_note.clear();
+  paused_mono_ = MonoClock::now();
+  phase_start_ = paused_mono_;
   m_->Pause();
   paused_ = true;
   paused_at_ = absl::Now();
+  {
+    Phase& stop = EndPhase(stats, "vcpus_stopped");
+    const PauseTiming pt = m_->last_pause();
+    for (size_t i = 0; i < pt.vcpu_ms.size(); ++i) {
+      Phase v = MakePhase(absl::StrCat("vcpu", i), "source", pt.vcpu_ms[i]);
+      v.concurrent = true;  // all vCPUs stop at once: the slowest is the phase
+      stop.parts.push_back(std::move(v));
+    }
+  }
   // Everything from here to the ACK is bounded: on a stall the guest resumes here.
   t_->SetDeadline(paused_at_ + opts_.phase_timeout, "stop-and-copy");
   m_->SetThrottle(0);
+  EndPhase(stats, "throttle_lifted");
   RETURN_IF_ERROR(m_->dirty_log().Collect(dirty));
-  RETURN_IF_ERROR(SendRound(stats.rounds + 1, dirty, true, 0, stats));
-  ASSIGN_OR_RETURN(std::vector<uint8_t> state, m_->SaveState());
+  EndPhase(stats, "dirty_harvest");
+  {
+    ASSIGN_OR_RETURN(MonoClock::time_point written,
+                     SendRound(stats.rounds + 1, dirty, true, 0, stats));
+    // Split at the moment the last Write returned: queued, then flushed (RDMA: every WRITE
+    // completed, so the pages are in the destination's memory) and the END_ROUND sent.
+    const MonoClock::time_point now = MonoClock::now();
+    const MonoClock::time_point start = phase_start_;
+    stats.phases.push_back(MakePhase("final_pages_sent", "source", MsBetween(start, written)));
+    stats.phases.push_back(MakePhase("final_pages_landed", "source", MsBetween(written, now)));
+    phase_start_ = now;
+  }
+  ASSIGN_OR_RETURN(SavedState saved, m_->SaveStateTimed());
+  AddStateParts(EndPhase(stats, "state_saved"), saved.timing);
+  const std::vector<uint8_t>& state = saved.blob;
   stats.state_bytes = state.size();
   RETURN_IF_ERROR(t_->Send(proto::MsgType::kDeviceState, 0, state));
+  EndPhase(stats, "state_sent");
   proto::Complete c{};
   c.total_pages = stats.pages_sent;
   c.state_bytes = state.size();
@@ -188,8 +299,11 @@ absl::Status MigrationSender::StopAndCopy(PageBitmap& dirty, MigrationStats& sta
     c.memory_digest = proto::MemoryDigest({m_->memory().base(), m_->memory().size()});
   }
   RETURN_IF_ERROR(t_->Send(proto::MsgType::kComplete, 0, proto::Bytes(c)));
+  EndPhase(stats, "complete_sent");
+  const MonoClock::time_point ack_wait_start = phase_start_;
   // The one message the destination may send now is its answer to this COMPLETE.
   ASSIGN_OR_RETURN(proto::Message reply, t_->Receive());
+  const MonoClock::time_point ack_at = MonoClock::now();
   if (reply.type == proto::MsgType::kAbort) {
     return Annotate(proto::AbortReason(reply), "the destination did not resume the guest");
   }
@@ -197,7 +311,8 @@ absl::Status MigrationSender::StopAndCopy(PageBitmap& dirty, MigrationStats& sta
     return absl::DataLossError(absl::StrFormat("expected ACK after COMPLETE, got %s",
                                                proto::MsgTypeName(reply.type)));
   }
-  ASSIGN_OR_RETURN(proto::Ack ack, proto::Parse<proto::Ack>(reply.payload, reply.type));
+  ASSIGN_OR_RETURN(proto::AckMsg msg, proto::ParseAck(reply.payload));
+  const proto::Ack& ack = msg.ack;
   if (ack.complete_nonce != c.nonce) {
     return absl::DataLossError(
         "the destination's ACK does not answer this COMPLETE (nonce mismatch): not trusted");
@@ -209,7 +324,10 @@ absl::Status MigrationSender::StopAndCopy(PageBitmap& dirty, MigrationStats& sta
   }
   RETURN_IF_ERROR(Annotate(proto::StatusFromMsg(ack.status),
                            "the destination did not resume the guest"));
-  stats.downtime_ms = Ms(absl::Now() - paused_at_);
+  paused_ = false;  // the guest runs on the destination now
+  stats.downtime_ms = MsBetween(paused_mono_, ack_at);
+  // The guest runs there: a phase table that does not add up costs the report, not the guest.
+  AddDestinationPhases(stats, msg.phases, MsBetween(ack_wait_start, ack_at));
   return absl::OkStatus();
 }
 
@@ -234,7 +352,7 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
     stats.registration_ms = t_->stats().registration_ms;
     progress_(absl::StrFormat("connected, setup %.1f ms; round 1: all non-zero memory "
                               "(%d zero pages skipped)", stats.setup_time_ms, zero));
-    RETURN_IF_ERROR(SendRound(1, pages, false, 0, stats));
+    RETURN_IF_ERROR(SendRound(1, pages, false, 0, stats).status());
     PageBitmap dirty(m_->memory().num_pages());
     for (int round = 2;; ++round) {
       dirty.Clear();
@@ -253,7 +371,7 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
         m_->SetThrottle(throttle);
         progress_(d.reason);
       }
-      RETURN_IF_ERROR(SendRound(round, dirty, false, throttle, stats));
+      RETURN_IF_ERROR(SendRound(round, dirty, false, throttle, stats).status());
     }
     return StopAndCopy(dirty, stats);
   }();
@@ -265,15 +383,26 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
   const CpuTime cpu_end = ThreadCpu();
   stats.src_cpu_ms = cpu_end.total() - cpu_start.total();
   stats.src_cpu_user_ms = cpu_end.user_ms - cpu_start.user_ms;
+  if (!deferred_progress_.empty()) {
+    progress_(deferred_progress_);
+    deferred_progress_.clear();
+  }
   if (result.ok()) {
     stats.status = "completed";
+    AddMissingPhases(stats.phases, kSourcePausePhases);
     return absl::OkStatus();
   }
   stats.status = "failed";
   stats.error = std::string(result.message());
   // Nothing is lost: the guest keeps running here. The real pause is what is reported.
   m_->SetThrottle(0);
+  const bool was_paused = paused_;
   ResumeIfPaused(stats);
+  if (was_paused) {
+    // The pause ended early: the steps it did not reach are missing.
+    AddMissingPhases(stats.phases, kSourcePausePhases);
+    stats.phases_note = "the migration failed during stop-and-copy; the source resumed its guest";
+  }
   (void)m_->dirty_log().Stop();
   // Best effort and short: the link may be what failed.
   t_->SetDeadline(absl::Now() + absl::Seconds(1), "sending ABORT");

@@ -45,8 +45,11 @@ class MigrationSender {
 
  private:
   absl::Status Handshake();
-  absl::Status SendRound(int round, const PageBitmap& pages, bool final_round, int throttle,
-                         MigrationStats& stats);
+  // Sends one round; returns when its last Write returned (the Flush and END_ROUND follow).
+  // The final round's progress line waits for the end of the pause (deferred_progress_).
+  absl::StatusOr<MonoClock::time_point> SendRound(int round, const PageBitmap& pages,
+                                                  bool final_round, int throttle,
+                                                  MigrationStats& stats);
   absl::Status StopAndCopy(PageBitmap& dirty, MigrationStats& stats);
   PageBitmap NonZeroPages(uint64_t& zero_pages) const;
   void Pace(uint64_t bytes_sent, absl::Time since);
@@ -61,7 +64,16 @@ class MigrationSender {
   ProgressFn progress_;
   std::vector<RoundSample> history_;
   absl::Time paused_at_;
+  MonoClock::time_point paused_mono_;   // the pause's start, for its phases and downtime
+  MonoClock::time_point phase_start_;   // where the current pause phase began
   bool paused_ = false;
+  std::string deferred_progress_;
+  // Ends the pause phase NAME now (it began where the previous one ended) and returns it.
+  Phase& EndPhase(MigrationStats& stats, const char* name);
+  // Turns the destination's ACK phases into pause phases covering the ACK wait (ACK_WAIT_MS),
+  // or reports why they are missing.
+  void AddDestinationPhases(MigrationStats& stats, const std::vector<proto::PhaseTiming>& dst,
+                            double ack_wait_ms);
 };
 
 }  // namespace lmig

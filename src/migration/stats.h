@@ -1,11 +1,14 @@
 // Migration statistics, printed as a human report and written as JSON (--stats-json).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "include/lmig/protocol.h"
 
 namespace lmig {
 
@@ -17,6 +20,73 @@ struct RoundStats {
   double rate_mbps = 0;  // megabits per second
   int throttle_pct = 0;
   bool final_round = false;
+};
+
+// One step of the stop-and-copy pause, measured with a monotonic clock. The top-level phases
+// of MigrationStats::phases follow each other and add up to the downtime; PARTS break one down
+// (per vCPU, per KVM call group), and a CONCURRENT phase overlaps others (the destination
+// validating state while the source still sends) and is not part of any sum.
+struct Phase {
+  std::string name;    // e.g. "vcpus_stopped", "dst.restore"
+  std::string side;    // "source", "destination" or "wire"
+  double ms = 0;
+  bool missing = false;     // not measured: the migration ended before it, or the peer did not
+                            // report it (why: MigrationStats::phases_note)
+  bool concurrent = false;  // overlaps other phases: reported, not summed
+  std::vector<Phase> parts;
+  // Another breakdown of the same time, per KVM call group summed over the vCPUs (state save
+  // and restore); not added to the sum either.
+  std::vector<Phase> calls;
+};
+
+// What the phases say about the pause they break down.
+struct PhaseCheck {
+  double sum_ms = 0;          // the non-concurrent, measured top-level phases
+  double unaccounted_ms = 0;  // TOTAL_MS - sum_ms (negative: the phases claim more)
+  std::vector<std::string> missing;  // names of the missing phases, parts included
+  // |unaccounted| is within FRACTION of the total.
+  bool Within(double fraction, double total_ms) const;
+};
+PhaseCheck CheckPhases(const std::vector<Phase>& phases, double total_ms);
+
+// The source's stop-and-copy phases, in order: any of them not recorded in PHASES is added as
+// missing (in its place), so a report always lists the whole pause.
+// The destination's steps come from its ACK; ack_round_trip is the rest of the wait for the
+// ACK (both messages' flight, sealing, and whatever the destination did not account for).
+inline constexpr const char* kSourcePausePhases[] = {
+    "vcpus_stopped",       "throttle_lifted",          "dirty_harvest",
+    "final_pages_sent",    "final_pages_landed",       "state_saved",
+    "state_sent",          "complete_sent",            "dst.complete_checked",
+    "dst.remote_access_revoked", "dst.state_restored", "dst.vcpus_resumed",
+    "ack_round_trip",
+};
+void AddMissingPhases(std::vector<Phase>& phases, std::span<const char* const> expected);
+
+// Monotonic time for the phases.
+using MonoClock = std::chrono::steady_clock;
+double MsBetween(MonoClock::time_point from, MonoClock::time_point to);
+
+// The destination's phase table from its ACK (already checked with proto::CheckPhaseTimings)
+// as phases: IN_PAUSE, in order, from COMPLETE in hand to the ACK (complete_checked,
+// remote_access_revoked, state_restored with its per-vCPU parts and call groups,
+// vcpus_resumed; any the table lacks is missing), adding up to IN_PAUSE_MS; CONCURRENT, the
+// steps that overlap the source's (state received, validated).
+struct DestinationPhases {
+  std::vector<Phase> in_pause;
+  std::vector<Phase> concurrent;
+  double in_pause_ms = 0;
+};
+DestinationPhases PhasesFromTable(std::span<const proto::PhaseTiming> table, int num_cpus);
+
+// The pre-copy policy's estimate of the pause when it chose to stop (see policy.h).
+struct PauseEstimate {
+  bool valid = false;
+  double total_ms = 0;
+  double pages_ms = 0;   // the final round's dirty data at the measured rate
+  double fixed_ms = 0;   // measured fixed costs (state save, pause, round trip, ...)
+  double error_ms = 0;   // the estimate's stated error
+  std::string reason;    // why the policy stopped (or could not fit the target)
+  bool target_met = true;  // false: the policy stopped knowing the estimate exceeds the target
 };
 
 struct MigrationStats {
@@ -41,9 +111,18 @@ struct MigrationStats {
   double src_cpu_ms = 0;  // CPU time of the migration thread (user + system; vCPUs excluded)
   double src_cpu_user_ms = 0;  // of which in user space
   std::vector<RoundStats> per_round;
+  // Source: the pause, phase by phase (the destination's part from its ACK). Destination: its
+  // own steps.
+  std::vector<Phase> phases;
+  std::string phases_note;  // why phases are missing, when they are
+  PauseEstimate estimate;
 
   std::string ToJson() const;
   std::string HumanReport() const;
+  // The phases, one line each with their parts, and what they add up to ("" without phases).
+  std::string PhaseReport() const;
+  // " (estimated ...)" after the downtime, or "".
+  std::string EstimateText() const;
 };
 
 absl::Status WriteStatsJson(const MigrationStats& s, const std::string& path);

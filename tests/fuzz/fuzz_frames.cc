@@ -13,6 +13,7 @@
 
 #include "include/lmig/protocol.h"
 #include "src/machine/state_codec.h"
+#include "src/migration/stats.h"
 #include "tests/fuzz/fuzz_check.h"
 
 namespace lmig::proto {
@@ -67,8 +68,18 @@ void DecodeMessage(MsgType type, std::span<const uint8_t> payload) {
       DecodeStatus(payload, type, /*prefix=*/false);
       break;
     case MsgType::kAck:
-      if (absl::StatusOr<Ack> a = Parse<Ack>(payload, type); a.ok()) {
-        (void)StatusFromMsg(a->status);
+      if (absl::StatusOr<AckMsg> a = ParseAck(payload); a.ok()) {
+        (void)StatusFromMsg(a->ack.status);
+        FUZZ_CHECK(a->phases.size() == a->ack.num_phases &&
+                   a->phases.size() <= kMaxAckPhases);
+        for (uint32_t cpus : {1u, 2u, kMaxVcpus}) {
+          if (CheckPhaseTimings(a->phases, cpus).ok()) {
+            // What the source accepts it can turn into a bounded, complete report.
+            const lmig::DestinationPhases d = lmig::PhasesFromTable(a->phases, static_cast<int>(cpus));
+            FUZZ_CHECK(d.in_pause.size() == 4);
+            FUZZ_CHECK(d.in_pause_ms >= 0 && d.in_pause_ms <= 1e-6 * kMaxPhaseNs * kMaxAckPhases);
+          }
+        }
       }
       break;
     case MsgType::kDeviceState:

@@ -189,7 +189,20 @@ void WriteFrames(Writer& w) {
                       HelloAck(absl::PermissionDeniedError("wrong key"), 0))));
   proto::Ack a{};
   a.status = proto::MakeStatusMsg(absl::OkStatus());
-  Bytes answer = Frame(MsgType::kAck, 0, proto::Bytes(a));
+  Bytes answer = Frame(MsgType::kAck, 0, proto::AckBytes(a, {}));
+  // An ACK with a destination's phase table (two vCPUs).
+  std::vector<proto::PhaseTiming> phases;
+  for (auto [p, vcpu] : std::vector<std::pair<proto::DstPhase, uint16_t>>{
+           {proto::DstPhase::kStateReceived, proto::kVcpuNone},
+           {proto::DstPhase::kCompleteChecked, proto::kVcpuNone},
+           {proto::DstPhase::kRestoreVcpu, 0},
+           {proto::DstPhase::kRestoreVcpu, 1},
+           {proto::DstPhase::kRestoreVm, proto::kVcpuNone},
+           {proto::DstPhase::kRestoreGroupFirst, proto::kVcpuNone},
+           {proto::DstPhase::kResumed, proto::kVcpuNone}}) {
+    phases.push_back({static_cast<uint16_t>(p), vcpu, 0, 123456});
+  }
+  w.Put("frames", "ack-phases", With(0, Frame(MsgType::kAck, 0, proto::AckBytes(a, phases))));
   Append(answer, Frame(MsgType::kAbort, 0,
                        proto::Bytes(proto::MakeStatusMsg(absl::DataLossError("digest")))));
   w.Put("frames", "ack-abort", With(0, answer));

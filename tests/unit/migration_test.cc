@@ -204,6 +204,52 @@ TEST(Engine, MigratesARunningTinyGuestThatContinuesWithoutLosingOutput) {
   EXPECT_NE(r.send_stats.ToJson().find("\"downtime_ms\""), std::string::npos);
 }
 
+// The pause is broken down phase by phase, the destination's part from its ACK, and the
+// phases add up to the downtime.
+TEST(Engine, ThePauseIsAccountedPhaseByPhaseOnBothSides) {
+  Vm a;
+  ASSERT_NO_FATAL_FAILURE(StartCounterGuest(a));
+  Pair p = ConnectPair();
+  ASSERT_TRUE(p.src && p.dst);
+  Vm b;
+  EngineRun r = Migrate(a.machine.get(), p, b, SenderOptions{});
+  ASSERT_TRUE(r.send_status.ok()) << r.send_status;
+  ASSERT_TRUE(r.recv_status.ok()) << r.recv_status;
+  a.machine->RequestStop({ExitInfo::kStopped, "migrated"});
+  a.machine->Join();
+  b.machine->RequestStop({ExitInfo::kStopped, "test over"});
+  b.machine->Join();
+  const MigrationStats& s = r.send_stats;
+  const PhaseCheck c = CheckPhases(s.phases, s.downtime_ms);
+  EXPECT_TRUE(c.missing.empty()) << s.HumanReport();
+  EXPECT_TRUE(c.Within(0.10, s.downtime_ms)) << s.HumanReport();
+  std::vector<std::string> names;
+  for (const Phase& ph : s.phases) {
+    names.push_back(ph.name);
+  }
+  for (const char* want : kSourcePausePhases) {
+    EXPECT_THAT(names, testing::Contains(want)) << s.HumanReport();
+  }
+  EXPECT_THAT(names, testing::Contains("dst.state_validated"));
+  for (const Phase& ph : s.phases) {
+    if (ph.name == "vcpus_stopped") {
+      ASSERT_EQ(ph.parts.size(), 1u);  // one vCPU
+      EXPECT_LE(ph.parts[0].ms, ph.ms);
+    }
+    if (ph.name == "state_saved" || ph.name == "dst.state_restored") {
+      EXPECT_FALSE(ph.calls.empty()) << ph.name;
+      double parts = 0;
+      for (const Phase& q : ph.parts) {
+        EXPECT_FALSE(q.missing) << ph.name << "/" << q.name;
+        parts += q.ms;
+      }
+      EXPECT_NEAR(parts, ph.ms, 0.10 * ph.ms + 0.05) << ph.name;
+    }
+  }
+  EXPECT_FALSE(r.recv_stats.phases.empty());
+  EXPECT_NE(s.ToJson().find("\"downtime_phases\""), std::string::npos);
+}
+
 TEST(Engine, LongRoundsTellTheDestinationTheSourceIsAlive) {
   Vm a;
   ASSERT_NO_FATAL_FAILURE(StartCounterGuest(a));

@@ -123,7 +123,7 @@ TEST(Protocol, EachMessageTypeHasAPayloadBound) {
            {MsgType::kAuthProof, sizeof(proto::AuthProof)},
            {MsgType::kEndRound, sizeof(proto::EndRound) + kTag},
            {MsgType::kComplete, sizeof(proto::Complete) + kTag},
-           {MsgType::kAck, sizeof(proto::Ack) + kTag},
+           {MsgType::kAck, sizeof(proto::Ack) + proto::kMaxAckPhases * sizeof(proto::PhaseTiming) + kTag},
            {MsgType::kAbort, sizeof(proto::StatusMsg) + kTag},
            {MsgType::kProgress, 8 + kTag},
            {MsgType::kDeviceState, proto::kMaxDeviceState + kTag}}) {
