@@ -464,6 +464,19 @@ class TlsDestination : public testing::Test {
     key_.emplace(std::move(*k));
   }
   void TearDown() override { ::unlink(key_path_.c_str()); }
+
+  // A tiny guest's migration to DST by a source whose key (for TLS and the handshake) is KEY.
+  static absl::Status MigrateWithKey(hostile::Dst& dst, const crypto::Psk& key) {
+    TransportOptions o;
+    auto tls = TlsConfig::WithPsk(key.bytes());
+    if (!tls.ok()) {
+      return tls.status();
+    }
+    o.tls = *tls;
+    MigrationStats stats;
+    return hostile::MigrateTinyGuest(dst.port(), stats, proto::TransportKind::kTcp, "127.0.0.1",
+                                     o, &key);
+  }
   std::string key_path_;
   std::optional<crypto::Psk> key_;
 };
@@ -472,13 +485,7 @@ TEST_F(TlsDestination, ASourceWithTheKeyMigratesOverTls) {
   const std::string json = key_path_ + ".json";
   hostile::Dst dst({"--psk-file", key_path_, "--stats-json", json, "--timeout", "20"});
   EXPECT_THAT(dst.Stderr(), HasSubstr("TLS 1.3 (pre-shared key)"));
-  TransportOptions o;
-  auto tls = TlsConfig::WithPsk(key_->bytes());
-  ASSERT_TRUE(tls.ok());
-  o.tls = *tls;
-  MigrationStats stats;
-  absl::Status s = hostile::MigrateTinyGuest(dst.port(), stats, proto::TransportKind::kTcp,
-                                             "127.0.0.1", o, &*key_);
+  absl::Status s = MigrateWithKey(dst, *key_);
   ASSERT_TRUE(s.ok()) << s << "\n" << dst.Stderr();
   ASSERT_TRUE(dst.Exited(60000)) << dst.Stderr();
   EXPECT_EQ(dst.Wait(0), 0) << dst.Stderr();
@@ -494,13 +501,7 @@ TEST_F(TlsDestination, ASourceWithAnotherKeyIsRefusedByBothAndTheDestinationList
   hostile::Dst dst({"--psk-file", key_path_, "--timeout", "3"});
   auto other = crypto::Psk::FromBytes(Key(9));
   ASSERT_TRUE(other.ok());
-  TransportOptions o;
-  auto tls = TlsConfig::WithPsk(other->bytes());
-  ASSERT_TRUE(tls.ok());
-  o.tls = *tls;
-  MigrationStats stats;
-  absl::Status s = hostile::MigrateTinyGuest(dst.port(), stats, proto::TransportKind::kTcp,
-                                             "127.0.0.1", o, &*other);
+  absl::Status s = MigrateWithKey(dst, *other);
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()), HasSubstr("authentication failed (refused by the "
                                                   "destination"));
