@@ -47,7 +47,7 @@ inline proto::Hello ValidHello(uint64_t mem, proto::TransportKind transport =
 }
 
 inline uint16_t Port() {
-  static std::mt19937 rng(::getpid() * 7919);
+  static std::mt19937 rng(std::random_device{}());  // not the pid: processes reuse those
   return static_cast<uint16_t>(20000 + rng() % 30000);
 }
 
@@ -85,14 +85,22 @@ class Dst {
                std::string host = "127.0.0.1") {
     for (int i = 0; i < 3; ++i) {
       port_ = Port();
-      err_path_ = ::testing::TempDir() + "/dst-" + std::to_string(::getpid()) + "-" +
-                  std::to_string(port_) + ".err";
+      // A fresh, empty file of our own: a name made from the pid could hold an earlier
+      // process's "listening on", read before the child got to truncate it.
+      if (i > 0) {
+        ::unlink(err_path_.c_str());  // the last attempt's
+      }
+      err_path_ = ::testing::TempDir() + "/dst-XXXXXX";
+      const int err = ::mkstemp(err_path_.data());
+      if (err < 0) {
+        ADD_FAILURE() << "mkstemp " << err_path_;
+        return;
+      }
       std::vector<std::string> argv = {LMIG_BINARY, "dst", "--transport", transport,
                                        "--listen", host + ":" + std::to_string(port_)};
       argv.insert(argv.end(), args.begin(), args.end());
       pid_ = ::fork();
       if (pid_ == 0) {
-        const int err = ::open(err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
         const int null = ::open("/dev/null", O_RDWR);
         ::dup2(null, 0);
         ::dup2(null, 1);
@@ -105,6 +113,7 @@ class Dst {
         ::execv(cargv[0], cargv.data());
         ::_exit(127);
       }
+      ::close(err);
       // Listening once stderr says so.
       // Up to 30 s: the lab's nested guests and shared cores make a process start slowly.
       for (int t = 0; t < 1200 && Stderr().find("listening on") == std::string::npos; ++t) {
@@ -128,6 +137,7 @@ class Dst {
       ::kill(pid_, SIGKILL);
       (void)Wait(10);
     }
+    ::unlink(err_path_.c_str());
   }
   uint16_t port() const { return port_; }
   std::string Stderr() const {

@@ -24,7 +24,7 @@ namespace {
 using namespace testing_guest;
 
 uint16_t FreePort() {
-  static std::mt19937 rng(::getpid());
+  static std::mt19937 rng(std::random_device{}());
   return static_cast<uint16_t>(20000 + rng() % 20000);
 }
 
