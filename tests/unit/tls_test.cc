@@ -512,6 +512,21 @@ TEST_F(TlsDestination, ASourceWithAnotherKeyIsRefusedByBothAndTheDestinationList
   EXPECT_THAT(dst.Stderr(), testing::Not(HasSubstr("dst: guest resumed")));
 }
 
+// A stranger without the key that connects first does not take the real source's slot.
+TEST_F(TlsDestination, AStrangerWithAnotherKeyDoesNotTakeTheSlotOfTheRealSource) {
+  hostile::Dst dst({"--psk-file", key_path_, "--timeout", "10"});
+  auto other = crypto::Psk::FromBytes(Key(7));
+  ASSERT_TRUE(other.ok());
+  absl::Status stranger = MigrateWithKey(dst, *other);
+  EXPECT_EQ(stranger.code(), absl::StatusCode::kUnauthenticated) << stranger;
+  absl::Status s = MigrateWithKey(dst, *key_);
+  ASSERT_TRUE(s.ok()) << s << "\n" << dst.Stderr();
+  ASSERT_TRUE(dst.Exited(60000)) << dst.Stderr();
+  EXPECT_EQ(dst.Wait(0), 0) << dst.Stderr();
+  EXPECT_THAT(dst.Stderr(), HasSubstr("refused a connection"));
+  EXPECT_THAT(dst.Stderr(), HasSubstr("dst: guest resumed"));
+}
+
 TEST_F(TlsDestination, APlainSourceIsToldTheDestinationSpeaksTls) {
   hostile::Dst dst({"--psk-file", key_path_, "--timeout", "3"});
   MigrationStats stats;
