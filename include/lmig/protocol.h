@@ -12,8 +12,9 @@
 //               session keys derived from the PSK and both nonces (secure_channel.h): the
 //               payload is sealed, the AAD is the type and arg, the record counter implicit.
 //   -------------------------------------------------------------------------------------
-//   dst -> src  kHelloAck     StatusMsg (+ RDMA: the destination's memory regions and rkeys;
-//                             the destination registers memory only after authentication)
+//   dst -> src  kHelloAck     StatusMsg, HelloAckTimes (+ RDMA: the destination's memory
+//                             regions and rkeys; the destination registers memory only after
+//                             authentication)
 //   src -> dst  kPages        (TCP only) arg = RAM offset, payload = the pages; over RDMA the
 //                             pages land by one-sided RDMA WRITE and no message is sent
 //   src -> dst  kEndRound     EndRound: after every pre-copy round, and after the final one
@@ -54,8 +55,9 @@
 namespace lmig::proto {
 
 inline constexpr uint32_t kMagic = 0x47494d4c;  // "LMIG"
-// 2: PROGRESS; 3: ACK echoes COMPLETE; 4: PSK auth; 5: ACK carries the destination's phases
-inline constexpr uint32_t kVersion = 5;
+// 2: PROGRESS; 3: ACK echoes COMPLETE; 4: PSK auth; 5: ACK carries the destination's phases;
+// 6: HELLO_ACK carries HelloAckTimes
+inline constexpr uint32_t kVersion = 6;
 inline constexpr uint64_t kPageSize = 4096;
 inline constexpr uint32_t kMaxVcpus = 64;
 // Pre-copy rounds, final included: a source's --max-rounds is capped by this, and the
@@ -65,7 +67,7 @@ inline constexpr uint32_t kMaxRounds = 1000;
 inline constexpr uint64_t kMaxDeviceState = 8ull << 20;
 // HELLO_ACK: a status and, over RDMA, the region table (one 32-byte entry per registered
 // chunk of at least 4 KiB... in practice per 1 GiB chunk; 64 Ki entries is ample).
-inline constexpr uint64_t kMaxHelloAck = 256 + 8 + (64ull << 10) * 32;
+inline constexpr uint64_t kMaxHelloAck = 256 + 16 + 8 + (64ull << 10) * 32;
 
 enum class MsgType : uint16_t {
   kInvalid = 0,
@@ -166,6 +168,29 @@ struct StatusMsg {
 };
 static_assert(sizeof(StatusMsg) == 256);
 
+// After HELLO_ACK's StatusMsg: what the destination measured while it set up, for the source's
+// estimate of the pause (all zero in a refusal). Each at most kMaxPhaseNs.
+struct HelloAckTimes {
+  uint64_t setup_ns;    // from the last message in hand (HELLO, or AUTH_PROOF with a key) to
+                        // HELLO_ACK sent: the source's wait for HELLO_ACK after its last
+                        // message minus this is one control round trip
+  uint64_t restore_ns;  // a dry-run restore of the fresh VM's own state, after a first one
+                        // (the warm cost; 0: not measured)
+};
+static_assert(sizeof(HelloAckTimes) == 16);
+
+// A HELLO_ACK payload.
+struct HelloAckMsg {
+  StatusMsg status;
+  HelloAckTimes times;
+  std::vector<uint8_t> regions;  // the transport's blob (RDMA region table), may be empty
+};
+std::vector<uint8_t> HelloAckBytes(const absl::Status& s, const HelloAckTimes& times,
+                                   std::span<const uint8_t> regions);
+// Parses a HELLO_ACK payload: a StatusMsg, HelloAckTimes (values within kMaxPhaseNs), the rest
+// is the region blob. Error names what is short or out of range.
+absl::StatusOr<HelloAckMsg> ParseHelloAck(std::span<const uint8_t> payload);
+
 // The destination's answer to COMPLETE, followed by num_phases PhaseTiming entries.
 struct Ack {
   StatusMsg status;
@@ -188,7 +213,8 @@ enum class DstPhase : uint16_t {
   kRemoteAccessRevoked = 4,  // RDMA: memory deregistered
   kRestoreVcpu = 5,      // per vCPU (PhaseTiming::vcpu): all of its KVM_SET_* calls
   kRestoreVm = 6,        // VM-wide: irqchips, PIT, clock, UART
-  kResumed = 7,          // vCPU threads and the console started
+  kResumed = 7,          // the console started and the vCPUs armed (they run once the ACK
+                         // is sent)
   // One KVM call group of the restore, summed over the vCPUs (kRestoreGroupFirst + the
   // machine's StateCall: cpuid, mp_state, regs, sregs, xsave, xcrs, lapic, msrs, debugregs,
   // vcpu_events, irqchips, pit2, clock, uart, validate). Parts of kRestoreVcpu/kRestoreVm.

@@ -312,11 +312,60 @@ absl::Status Machine::LoadLinux(const BootConfig& boot) {
 
 absl::Status Machine::Start() {
   std::lock_guard<std::mutex> lock(mu_);
+  if (started_paused_) {
+    if (hold_start_) {
+      start_armed_ = true;
+      return absl::OkStatus();
+    }
+    started_paused_ = false;
+    if (pause_depth_ > 0 && --pause_depth_ == 0) {
+      cv_.notify_all();
+    }
+    return absl::OkStatus();
+  }
+  if (!threads_.empty()) {
+    return absl::FailedPreconditionError("the vCPU threads are already started");
+  }
   running_threads_ = num_vcpus();
   parked_at_.assign(vcpus_.size(), Clock::time_point());
   for (int i = 0; i < num_vcpus(); ++i) {
     threads_.emplace_back([this, i] { VcpuLoop(i); });
   }
+  return absl::OkStatus();
+}
+
+void Machine::HoldStart() {
+  std::lock_guard<std::mutex> lock(mu_);
+  hold_start_ = started_paused_;
+}
+
+void Machine::ReleaseStart() {
+  std::lock_guard<std::mutex> lock(mu_);
+  hold_start_ = false;
+  if (start_armed_ && started_paused_) {
+    start_armed_ = false;
+    started_paused_ = false;
+    if (pause_depth_ > 0 && --pause_depth_ == 0) {
+      cv_.notify_all();
+    }
+  }
+}
+
+absl::Status Machine::StartPaused() {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!threads_.empty()) {
+    return absl::FailedPreconditionError("the vCPU threads are already started");
+  }
+  ++pause_depth_;
+  started_paused_ = true;
+  running_threads_ = num_vcpus();
+  parked_at_.assign(vcpus_.size(), Clock::time_point());
+  for (int i = 0; i < num_vcpus(); ++i) {
+    threads_.emplace_back([this, i] { VcpuLoop(i); });
+  }
+  // Each thread parks after a KVM_RUN with immediate_exit set, which returns at once without
+  // entering the guest (api.rst, KVM_RUN): the vCPU has not run, so its CPUID may still be set.
+  cv_.wait(lock, [&] { return parked_ >= running_threads_; });
   return absl::OkStatus();
 }
 

@@ -117,8 +117,18 @@ class Machine {
   // Loads a bzImage + initramfs as the boot protocol says and points vCPU 0 at its entry.
   absl::Status LoadLinux(const BootConfig& boot);
 
-  // Starts the vCPU threads.
+  // Starts the vCPU threads (after StartPaused: lets the parked threads run, or, while
+  // HoldStart is in force, records that they may run once ReleaseStart is called).
   absl::Status Start();
+  // After StartPaused: a Start from now on only arms the vCPUs; ReleaseStart lets them run if
+  // Start was called. The destination thus sends its ACK before its vCPUs compete for the
+  // CPUs, and a guest whose ACK could not be sent never runs there.
+  void HoldStart();
+  void ReleaseStart();
+  // Creates the vCPU threads parked, as if paused, and returns once every one is parked: a
+  // machine that is to receive its state has its threads before the switchover, which then
+  // only has to wake them (Start). State is restored while they are parked.
+  absl::Status StartPaused();
   // Parks every vCPU outside KVM_RUN; returns once all are parked. Pauses nest: the vCPUs
   // run again after as many Resume calls as Pause calls (the migration's stop-and-copy and a
   // state dump may overlap).
@@ -196,6 +206,9 @@ class Machine {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   int pause_depth_ = 0;
+  bool started_paused_ = false;  // StartPaused's pause, which Start lifts
+  bool hold_start_ = false;      // HoldStart: Start only arms
+  bool start_armed_ = false;     // Start was called while held
   int parked_ = 0;
   int running_threads_ = 0;
   using Clock = std::chrono::steady_clock;

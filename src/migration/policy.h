@@ -1,11 +1,17 @@
 // Pre-copy convergence policy: a pure function of what the rounds so far measured, so it is
 // unit-tested without a VM.
 //
-// Stop and copy when the dirty data left can be sent within the downtime target at the
-// measured rate, or at the round cap. A guest that keeps dirtying faster than the link drains
-// it is throttled (auto-converge, as QEMU does): from round 3 on, if a round did not shrink the
-// dirty set below half of what the previous round sent, vCPU throttling starts at 20% and rises
-// by 20 points per such round, up to 99%.
+// The pause it predicts is the dirty data left at the measured rate plus the fixed part of the
+// pause, measured while pre-copy runs (FixedCosts: a dry-run stop and state save of the
+// running guest, the state blob at the link's rate, a control round trip and the
+// destination's dry-run restore, the pause's control messages at what an END_ROUND cost). It
+// stops and copies when pages + fixed fit the downtime
+// target, or at the round cap. A guest that keeps dirtying faster than the link drains it is
+// throttled (auto-converge, as QEMU does): from round 3 on, if a round did not shrink the dirty
+// set below half of what the previous round sent, vCPU throttling starts at 20% and rises by 20
+// points per such round, up to 99%. When the fixed part alone exceeds the target, no amount of
+// pre-copy can meet it: the policy says so and stops once the pages are a small share of the
+// target (kUnreachablePagesShare).
 #pragma once
 
 #include <cstdint>
@@ -25,17 +31,58 @@ struct RoundSample {
   double seconds = 0;   // how long sending took
 };
 
+// When the target is out of reach, pre-copy goes on until the pages' share of the pause is at
+// most this fraction of the target (then stopping later gains little against the fixed part).
+inline constexpr double kUnreachablePagesShare = 0.1;
+// END_ROUND sends the control-message cost is taken from (the latest rounds: the link's state
+// near the pause).
+inline constexpr size_t kControlSamples = 5;
+
+// The parts of the pause that do not depend on the dirty pages, measured during pre-copy.
+struct FixedCosts {
+  int dry_runs = 0;
+  double stop_ms = 0;          // vCPUs kicked and parked: the longest dry run
+  double save_ms = 0;          // state saved: the longest dry run
+  double spread_ms = 0;        // longest minus shortest (stop + save) over the dry runs
+  double lowest_ms = 0;        // the shortest dry run (stop + save)
+  uint64_t state_bytes = 0;    // the state blob's size (the largest seen)
+  double round_trip_ms = -1;   // one control round trip (< 0: not measured)
+  double dst_restore_ms = -1;  // the destination's dry-run restore (< 0: not measured)
+  // What one control message costs the sender: the median send of the last pre-copy rounds'
+  // END_ROUNDs (< 0: not measured), and their spread. The pause sends three before it waits
+  // (END_ROUND, DEVICE_STATE, COMPLETE).
+  double control_send_ms = -1;
+  double control_spread_ms = 0;
+  std::vector<double> control_sends;  // the last kControlSamples, oldest first
+
+  // Records one dry run.
+  void AddDryRun(double stop, double save, uint64_t bytes);
+  // Records one pre-copy END_ROUND send.
+  void AddControlSend(double ms);
+  // The fixed part of the pause when the link moves RATE bytes/s (0: the state blob's
+  // transfer is not counted).
+  double Ms(double rate) const;
+  // What the measurements themselves say about their error: the dry runs' spread, the control
+  // sends' spread (three of them) and the round trip, measured once, counted again.
+  double ErrorMs() const;
+};
+
 struct PolicyDecision {
   bool stop_and_copy = false;
   int throttle_pct = 0;
-  double expected_downtime_ms = 0;
+  double expected_downtime_ms = 0;  // pages_ms + fixed_ms
+  double pages_ms = 0;
+  double fixed_ms = 0;
+  double error_ms = 0;  // the estimate's error: FixedCosts::ErrorMs and the rate's spread
+  bool target_met = false;  // in the policy's own model (stop_and_copy only)
   std::string reason;
 };
 
 // HISTORY: rounds sent so far (round 1 first). PENDING_BYTES: dirty data collected now.
-// CURRENT_THROTTLE: the throttle in force.
+// CURRENT_THROTTLE: the throttle in force. FIXED: the fixed costs measured so far.
 PolicyDecision DecideNextRound(const PolicyConfig& cfg, const std::vector<RoundSample>& history,
-                               uint64_t pending_bytes, int current_throttle);
+                               uint64_t pending_bytes, int current_throttle,
+                               const FixedCosts& fixed = {});
 
 // Bytes per second the link has shown across HISTORY (0 when nothing measured yet).
 double MeasuredRate(const std::vector<RoundSample>& history);

@@ -154,6 +154,30 @@ const char* DstPhaseName(DstPhase p) {
   return "invalid";
 }
 
+std::vector<uint8_t> HelloAckBytes(const absl::Status& s, const HelloAckTimes& times,
+                                   std::span<const uint8_t> regions) {
+  std::vector<uint8_t> out = Bytes(MakeStatusMsg(s));
+  const std::vector<uint8_t> t = Bytes(times);
+  out.insert(out.end(), t.begin(), t.end());
+  out.insert(out.end(), regions.begin(), regions.end());
+  return out;
+}
+
+absl::StatusOr<HelloAckMsg> ParseHelloAck(std::span<const uint8_t> payload) {
+  HelloAckMsg m;
+  ASSIGN_OR_RETURN(m.status, Parse<StatusMsg>(payload, MsgType::kHelloAck, /*prefix=*/true));
+  ASSIGN_OR_RETURN(m.times, Parse<HelloAckTimes>(payload.subspan(sizeof(StatusMsg)),
+                                                 MsgType::kHelloAck, /*prefix=*/true));
+  if (m.times.setup_ns > kMaxPhaseNs || m.times.restore_ns > kMaxPhaseNs) {
+    return absl::DataLossError(absl::StrFormat(
+        "HELLO_ACK: setup %d ns, restore %d ns (at most %d)", m.times.setup_ns,
+        m.times.restore_ns, kMaxPhaseNs));
+  }
+  const auto rest = payload.subspan(sizeof(StatusMsg) + sizeof(HelloAckTimes));
+  m.regions.assign(rest.begin(), rest.end());
+  return m;
+}
+
 std::vector<uint8_t> AckBytes(const Ack& ack, std::span<const PhaseTiming> phases) {
   Ack a = ack;
   const size_t n = std::min<size_t>(phases.size(), kMaxAckPhases);

@@ -33,6 +33,7 @@ MigrationReceiver::MigrationReceiver(Transport* t, ReceiverOptions opts, CreateV
       progress_(std::move(progress)) {}
 
 absl::Status MigrationReceiver::OnHello(const proto::Message& m) {
+  hello_at_ = MonoClock::now();
   ASSIGN_OR_RETURN(hello_, proto::Parse<proto::Hello>(m.payload, m.type));
   proto::HelloLimits limits;
   limits.max_mem = opts_.max_mem;
@@ -47,8 +48,10 @@ absl::Status MigrationReceiver::OnHello(const proto::Message& m) {
     }
     sealed_ = std::move(*sealed);
     t_ = sealed_.get();
+    hello_at_ = MonoClock::now();  // AUTH_PROOF in hand (and checked): the last message
   }
   std::vector<uint8_t> blob;
+  proto::HelloAckTimes times{};
   if (s.ok() && on_accepted_) {
     on_accepted_();
   }
@@ -64,9 +67,22 @@ absl::Status MigrationReceiver::OnHello(const proto::Message& m) {
       }
     }
   }
-  std::vector<uint8_t> ack = proto::Bytes(proto::MakeStatusMsg(s));
-  ack.insert(ack.end(), blob.begin(), blob.end());
-  RETURN_IF_ERROR(t_->Send(MsgType::kHelloAck, 0, ack));
+  if (s.ok()) {
+    absl::StatusOr<double> restore_ms = vm_->Prepare();
+    s = restore_ms.status();
+    if (s.ok()) {
+      times.restore_ns = static_cast<uint64_t>(
+          std::clamp(*restore_ms, 0.0, proto::kMaxPhaseNs / 1e6) * 1e6);
+    }
+  }
+  if (s.ok()) {
+    times.setup_ns = static_cast<uint64_t>(
+        std::clamp(MsBetween(hello_at_, MonoClock::now()), 0.0, proto::kMaxPhaseNs / 1e6) *
+        1e6);
+  } else {
+    times = {};
+  }
+  RETURN_IF_ERROR(t_->Send(MsgType::kHelloAck, 0, proto::HelloAckBytes(s, times, blob)));
   if (!s.ok()) {
     return Annotate(s, "refused the migration");
   }
@@ -223,7 +239,10 @@ absl::Status MigrationReceiver::OnComplete(const proto::Message& m, MigrationSta
   ack.status = proto::MakeStatusMsg(absl::OkStatus());
   ack.complete_nonce = c.nonce;
   ack.total_pages = pages_announced_;
+  // The guest runs here only once the ACK is out: a destination that cannot tell the source
+  // never runs it (the source then keeps its own), and the vCPUs do not compete with the ACK.
   RETURN_IF_ERROR(t_->Send(MsgType::kAck, 0, proto::AckBytes(ack, phases_)));
+  vm_->Release();
   // This side's report: the same steps, as the source will show them.
   DestinationPhases d = PhasesFromTable(phases_, static_cast<int>(hello_.num_cpus));
   stats.phases = std::move(d.concurrent);

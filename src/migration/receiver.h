@@ -47,8 +47,17 @@ class IncomingVm {
   virtual std::span<uint8_t> memory() = 0;
   // Validates a device-state blob without touching the VM. Error names the record.
   virtual absl::Status CheckState(std::span<const uint8_t> blob) = 0;
-  // Loads the (validated) state and starts the vCPUs; returns how long each step took.
+  // Before any state arrives, what can be done ahead of the pause: a dry-run restore of the
+  // fresh VM's own state (so the source's policy knows this side's share of the pause, and the
+  // first restore's one-time costs are paid outside it) and the vCPU threads created, parked.
+  // Returns the dry-run restore's duration in ms (0: not measured). An error means the VM
+  // cannot take a state at all.
+  virtual absl::StatusOr<double> Prepare() = 0;
+  // Loads the (validated) state and makes the guest ready to run (everything that can fail is
+  // done); returns how long each step took. The vCPUs run from Release on.
   virtual absl::StatusOr<RestoreTimings> RestoreAndResume(std::span<const uint8_t> blob) = 0;
+  // Lets the resumed guest run: after the ACK is sent (cannot fail).
+  virtual void Release() = 0;
 };
 
 struct ReceiverOptions {
@@ -116,6 +125,7 @@ class MigrationReceiver {
   absl::Time start_;
   // Stop-and-copy steps, for the ACK (and this side's report).
   MonoClock::time_point final_round_at_;
+  MonoClock::time_point hello_at_;  // HELLO in hand
   std::vector<proto::PhaseTiming> phases_;
   void AddPhase(proto::DstPhase p, double ms, uint16_t vcpu = proto::kVcpuNone);
   absl::Time migration_deadline_ = absl::InfiniteFuture();

@@ -15,6 +15,9 @@ namespace {
 
 constexpr uint64_t kPage = GuestMemory::kPageSize;
 constexpr uint64_t kBatchBytes = 8ull << 20;  // ranges handed to the transport per call
+// Dry runs of the pause's first steps (one after each of the first rounds): their spread is
+// part of the estimate's error.
+constexpr int kDryRuns = 3;
 
 bool PageIsZero(const uint8_t* p) {
   const auto* w = reinterpret_cast<const uint64_t*>(p);
@@ -85,14 +88,17 @@ absl::Status MigrationSender::Handshake() {
   }
   t_->SetDeadline(absl::Now() + opts_.phase_timeout, "the handshake");
   const std::vector<uint8_t> hello = proto::Bytes(h);
+  MonoClock::time_point hello_sent = MonoClock::now();
   RETURN_IF_ERROR(t_->Send(proto::MsgType::kHello, 0, hello));
   if (opts_.psk != nullptr) {
     // Nothing of the guest moves before the destination has proven the key, and the source
     // proves it only to a destination that has.
     ASSIGN_OR_RETURN(sealed_, AuthenticateAsSource(t_, *opts_.psk, nonce, hello));
     t_ = sealed_.get();
+    hello_sent = MonoClock::now();  // AUTH_PROOF sent: the last message before HELLO_ACK
   }
   ASSIGN_OR_RETURN(proto::Message ack, t_->Receive());
+  const double waited_ms = MsBetween(hello_sent, MonoClock::now());
   t_->SetDeadline(absl::InfiniteFuture(), "");
   if (ack.type == proto::MsgType::kAbort || ack.type == proto::MsgType::kHelloAck) {
     ASSIGN_OR_RETURN(auto st, proto::Parse<proto::StatusMsg>(
@@ -108,8 +114,29 @@ absl::Status MigrationSender::Handshake() {
     return absl::DataLossError(absl::StrFormat("handshake: expected HELLO_ACK, got %s",
                                                proto::MsgTypeName(ack.type)));
   }
-  return t_->SetPeerMemory(
-      std::span<const uint8_t>(ack.payload).subspan(sizeof(proto::StatusMsg)));
+  ASSIGN_OR_RETURN(proto::HelloAckMsg ha, proto::ParseHelloAck(ack.payload));
+  // The destination's own time between the last message and HELLO_ACK is not the link's: the
+  // rest of the wait is one control round trip (both messages' flight). Without a key the last
+  // message is the HELLO, and the destination's latency before it took the HELLO counts too.
+  const double setup_ms = ha.times.setup_ns / 1e6;
+  if (setup_ms <= waited_ms) {
+    fixed_.round_trip_ms = waited_ms - setup_ms;
+  }
+  if (ha.times.restore_ns > 0) {
+    fixed_.dst_restore_ms = ha.times.restore_ns / 1e6;
+  }
+  return t_->SetPeerMemory(ha.regions);
+}
+
+absl::Status MigrationSender::DryRunPause() {
+  // The pause's fixed steps on this side, measured on the running guest: stop the vCPUs, save
+  // their state, let them go (a pause of about what these take, during pre-copy).
+  m_->Pause();
+  absl::StatusOr<SavedState> saved = m_->SaveStateTimed();
+  m_->Resume();
+  RETURN_IF_ERROR(Annotate(saved.status(), "dry-run state save"));
+  fixed_.AddDryRun(m_->last_pause().total_ms, saved->timing.total_ms, saved->blob.size());
+  return absl::OkStatus();
 }
 
 absl::StatusOr<MonoClock::time_point> MigrationSender::SendRound(int round,
@@ -142,7 +169,11 @@ absl::StatusOr<MonoClock::time_point> MigrationSender::SendRound(int round,
   const MonoClock::time_point written = MonoClock::now();
   RETURN_IF_ERROR(t_->Flush());
   proto::EndRound er{static_cast<uint32_t>(round), final_round ? 1u : 0u, bytes / kPage, bytes};
+  const MonoClock::time_point marker = MonoClock::now();
   RETURN_IF_ERROR(t_->Send(proto::MsgType::kEndRound, 0, proto::Bytes(er)));
+  if (!final_round) {
+    fixed_.AddControlSend(MsBetween(marker, MonoClock::now()));
+  }
   const double secs = absl::ToDoubleSeconds(absl::Now() - start);
   if (!final_round) {
     history_.push_back({bytes, secs});
@@ -217,7 +248,7 @@ void AddStateParts(Phase& p, const StateTiming& t) {
 
 void MigrationSender::AddDestinationPhases(MigrationStats& stats,
                                            const std::vector<proto::PhaseTiming>& dst,
-                                           double ack_wait_ms) {
+                                           double ack_wait_ms, double complete_send_ms) {
   auto missing = [&](const std::string& why) {
     stats.phases.push_back(MakePhase("ack_wait", "source", ack_wait_ms));
     stats.phases_note = why;
@@ -234,13 +265,21 @@ void MigrationSender::AddDestinationPhases(MigrationStats& stats,
   }
   DestinationPhases d = PhasesFromTable(dst, m_->num_vcpus());
   const double dst_ms = d.in_pause_ms;
-  // The destination's steps happen inside the source's wait for the ACK: a table that claims
-  // more than that wait (beyond clock-rate noise) is not believed.
-  if (dst_ms > ack_wait_ms * 1.01 + 0.05) {
+  // The destination's steps happen between the moment the COMPLETE went out (its Send may
+  // still be returning here when the destination starts on it) and the ACK: a table that
+  // claims more than that (beyond clock-rate noise) is not believed.
+  const double window_ms = complete_send_ms + ack_wait_ms;
+  if (dst_ms > window_ms * 1.01 + 0.05) {
     missing(absl::StrFormat("the destination's phases were refused: they add up to %.2f ms, "
-                            "more than the %.2f ms the source waited for the ACK",
-                            dst_ms, ack_wait_ms));
+                            "more than the %.2f ms from COMPLETE to the ACK",
+                            dst_ms, window_ms));
     return;
+  }
+  if (dst_ms > ack_wait_ms) {
+    // The destination began before the COMPLETE's Send returned here: that much of the
+    // source's complete_sent overlaps the destination's steps and is counted once, there.
+    Phase& sent = stats.phases.back();
+    sent.ms = std::max(0.0, sent.ms - (dst_ms - ack_wait_ms));
   }
   for (Phase& q : d.in_pause) {
     stats.phases.push_back(std::move(q));
@@ -268,10 +307,10 @@ absl::Status MigrationSender::StopAndCopy(PageBitmap& dirty, MigrationStats& sta
       stop.parts.push_back(std::move(v));
     }
   }
-  // Everything from here to the ACK is bounded: on a stall the guest resumes here.
+  // Everything from here to the ACK is bounded: on a stall the guest resumes here. The throttle
+  // is lifted after the pause (joining its thread is not the pause's work), or by Run's
+  // failure path before the vCPUs resume.
   t_->SetDeadline(paused_at_ + opts_.phase_timeout, "stop-and-copy");
-  m_->SetThrottle(0);
-  EndPhase(stats, "throttle_lifted");
   RETURN_IF_ERROR(m_->dirty_log().Collect(dirty));
   EndPhase(stats, "dirty_harvest");
   {
@@ -298,6 +337,7 @@ absl::Status MigrationSender::StopAndCopy(PageBitmap& dirty, MigrationStats& sta
   if (opts_.verify_memory) {
     c.memory_digest = proto::MemoryDigest({m_->memory().base(), m_->memory().size()});
   }
+  const MonoClock::time_point complete_send = MonoClock::now();
   RETURN_IF_ERROR(t_->Send(proto::MsgType::kComplete, 0, proto::Bytes(c)));
   EndPhase(stats, "complete_sent");
   const MonoClock::time_point ack_wait_start = phase_start_;
@@ -326,8 +366,10 @@ absl::Status MigrationSender::StopAndCopy(PageBitmap& dirty, MigrationStats& sta
                            "the destination did not resume the guest"));
   paused_ = false;  // the guest runs on the destination now
   stats.downtime_ms = MsBetween(paused_mono_, ack_at);
+  m_->SetThrottle(0);
   // The guest runs there: a phase table that does not add up costs the report, not the guest.
-  AddDestinationPhases(stats, msg.phases, MsBetween(ack_wait_start, ack_at));
+  AddDestinationPhases(stats, msg.phases, MsBetween(ack_wait_start, ack_at),
+                       MsBetween(complete_send, ack_wait_start));
   return absl::OkStatus();
 }
 
@@ -355,10 +397,27 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
     RETURN_IF_ERROR(SendRound(1, pages, false, 0, stats).status());
     PageBitmap dirty(m_->memory().num_pages());
     for (int round = 2;; ++round) {
+      if (fixed_.dry_runs < kDryRuns) {
+        RETURN_IF_ERROR(DryRunPause());
+      }
       dirty.Clear();
       RETURN_IF_ERROR(m_->dirty_log().Collect(dirty));
       const uint64_t pending = dirty.Count() * kPage;
-      PolicyDecision d = DecideNextRound(opts_.policy, history_, pending, throttle);
+      PolicyDecision d = DecideNextRound(opts_.policy, history_, pending, throttle, fixed_);
+      stats.estimate.valid = true;
+      stats.estimate.total_ms = d.expected_downtime_ms;
+      stats.estimate.pages_ms = d.pages_ms;
+      stats.estimate.fixed_ms = d.fixed_ms;
+      stats.estimate.error_ms = d.error_ms;
+      stats.estimate.target_met = d.target_met;
+      stats.estimate.reason = d.reason;
+      stats.estimate.stop_ms = fixed_.stop_ms;
+      stats.estimate.save_ms = fixed_.save_ms;
+      const double rate = MeasuredRate(history_);
+      stats.estimate.state_ms = rate > 0 ? fixed_.state_bytes / rate * 1000.0 : 0;
+      stats.estimate.round_trip_ms = fixed_.round_trip_ms;
+      stats.estimate.dst_restore_ms = fixed_.dst_restore_ms;
+      stats.estimate.control_ms = 3 * std::max(fixed_.control_send_ms, 0.0);
       if (d.stop_and_copy) {
         // DIRTY (already re-protected) goes in the final round, with whatever the guest
         // dirties until it is paused.

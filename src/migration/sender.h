@@ -52,6 +52,9 @@ class MigrationSender {
                                                   MigrationStats& stats);
   absl::Status StopAndCopy(PageBitmap& dirty, MigrationStats& stats);
   PageBitmap NonZeroPages(uint64_t& zero_pages) const;
+  // Pauses the guest briefly, saves its state and resumes it: the measured fixed costs of the
+  // pause's first steps, for the policy (fixed_).
+  absl::Status DryRunPause();
   void Pace(uint64_t bytes_sent, absl::Time since);
 
   // Resumes the vCPUs if paused, recording the real pause in STATS.
@@ -63,6 +66,7 @@ class MigrationSender {
   SenderOptions opts_;
   ProgressFn progress_;
   std::vector<RoundSample> history_;
+  FixedCosts fixed_;
   absl::Time paused_at_;
   MonoClock::time_point paused_mono_;   // the pause's start, for its phases and downtime
   MonoClock::time_point phase_start_;   // where the current pause phase began
@@ -70,10 +74,11 @@ class MigrationSender {
   std::string deferred_progress_;
   // Ends the pause phase NAME now (it began where the previous one ended) and returns it.
   Phase& EndPhase(MigrationStats& stats, const char* name);
-  // Turns the destination's ACK phases into pause phases covering the ACK wait (ACK_WAIT_MS),
-  // or reports why they are missing.
+  // Turns the destination's ACK phases into pause phases covering the ACK wait (ACK_WAIT_MS;
+  // the COMPLETE's Send took COMPLETE_SEND_MS before it, the last phase in STATS), or reports
+  // why they are missing.
   void AddDestinationPhases(MigrationStats& stats, const std::vector<proto::PhaseTiming>& dst,
-                            double ack_wait_ms);
+                            double ack_wait_ms, double complete_send_ms);
 };
 
 }  // namespace lmig

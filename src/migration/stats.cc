@@ -277,6 +277,13 @@ std::string MigrationStats::ToJson() const {
     j["downtime_estimate"] = {{"total_ms", estimate.total_ms}, {"pages_ms", estimate.pages_ms},
                               {"fixed_ms", estimate.fixed_ms}, {"error_ms", estimate.error_ms},
                               {"target_met", estimate.target_met},
+                              {"fixed_parts",
+                               {{"stop_ms", estimate.stop_ms},
+                                {"save_ms", estimate.save_ms},
+                                {"state_ms", estimate.state_ms},
+                                {"round_trip_ms", estimate.round_trip_ms},
+                                {"dst_restore_ms", estimate.dst_restore_ms},
+                                {"control_ms", estimate.control_ms}}},
                               {"reason", estimate.reason}};
   }
   return j.dump(2);
@@ -308,9 +315,13 @@ std::string MigrationStats::EstimateText() const {
   if (!estimate.valid) {
     return "";
   }
-  return absl::StrFormat("   (estimated %.1f +- %.1f ms: pages %.1f + fixed %.1f%s)",
-                         estimate.total_ms, estimate.error_ms, estimate.pages_ms,
-                         estimate.fixed_ms, estimate.target_met ? "" : "; target not reachable");
+  return absl::StrFormat(
+      "   (estimated %.1f +- %.1f ms: pages %.1f + fixed %.1f = stop %.1f, save %.1f, state "
+      "%.1f, control %.1f, round trip %.1f, dst restore %.1f%s)",
+      estimate.total_ms, estimate.error_ms, estimate.pages_ms, estimate.fixed_ms,
+      estimate.stop_ms, estimate.save_ms, estimate.state_ms, estimate.control_ms,
+      estimate.round_trip_ms, estimate.dst_restore_ms,
+      estimate.target_met ? "" : "; target not reachable");
 }
 
 std::string MigrationStats::HumanReport() const {

@@ -54,11 +54,10 @@ PhaseCheck CheckPhases(const std::vector<Phase>& phases, double total_ms);
 // The destination's steps come from its ACK; ack_round_trip is the rest of the wait for the
 // ACK (both messages' flight, sealing, and whatever the destination did not account for).
 inline constexpr const char* kSourcePausePhases[] = {
-    "vcpus_stopped",       "throttle_lifted",          "dirty_harvest",
-    "final_pages_sent",    "final_pages_landed",       "state_saved",
-    "state_sent",          "complete_sent",            "dst.complete_checked",
-    "dst.remote_access_revoked", "dst.state_restored", "dst.vcpus_resumed",
-    "ack_round_trip",
+    "vcpus_stopped",        "dirty_harvest",      "final_pages_sent",
+    "final_pages_landed",   "state_saved",        "state_sent",
+    "complete_sent",        "dst.complete_checked", "dst.remote_access_revoked",
+    "dst.state_restored",   "dst.vcpus_resumed",  "ack_round_trip",
 };
 void AddMissingPhases(std::vector<Phase>& phases, std::span<const char* const> expected);
 
@@ -85,6 +84,11 @@ struct PauseEstimate {
   double pages_ms = 0;   // the final round's dirty data at the measured rate
   double fixed_ms = 0;   // measured fixed costs (state save, pause, round trip, ...)
   double error_ms = 0;   // the estimate's stated error
+  // The fixed part's terms (< 0: not measured): dry-run stop and save, the state blob at the
+  // link's rate, the handshake's control round trip, the destination's dry-run restore.
+  // control: the pause's control messages at what an END_ROUND cost in pre-copy.
+  double stop_ms = 0, save_ms = 0, state_ms = 0, round_trip_ms = -1, dst_restore_ms = -1,
+         control_ms = 0;
   std::string reason;    // why the policy stopped (or could not fit the target)
   bool target_met = true;  // false: the policy stopped knowing the estimate exceeds the target
 };

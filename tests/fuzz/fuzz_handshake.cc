@@ -55,6 +55,13 @@ void Source(std::span<const uint8_t> payload) {
     const std::span<const uint8_t> blob = payload.subspan(sizeof(StatusMsg));
     FUZZ_CHECK(blob.size() == payload.size() - sizeof(StatusMsg));
   }
+  // What the source takes from a HELLO_ACK: bounded times, the rest as the region blob.
+  if (absl::StatusOr<HelloAckMsg> a = ParseHelloAck(payload); a.ok()) {
+    FUZZ_CHECK(a->times.setup_ns <= kMaxPhaseNs && a->times.restore_ns <= kMaxPhaseNs);
+    FUZZ_CHECK(a->regions.size() == payload.size() - sizeof(StatusMsg) - sizeof(HelloAckTimes));
+  } else {
+    FUZZ_CHECK(!a.status().message().empty());
+  }
 }
 
 }  // namespace

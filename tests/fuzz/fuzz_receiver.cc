@@ -57,6 +57,10 @@ class FakeVm : public IncomingVm {
     }
     return s;
   }
+  absl::StatusOr<double> Prepare() override {
+    FUZZ_CHECK(!resumed_ && !accepted_.has_value());  // only before any state
+    return 0.0;  // nothing to time here
+  }
   absl::StatusOr<RestoreTimings> RestoreAndResume(std::span<const uint8_t> blob) override {
     FUZZ_CHECK(!resumed_);
     FUZZ_CHECK(accepted_.has_value());
@@ -65,6 +69,10 @@ class FakeVm : public IncomingVm {
     resumed_ = true;
     return RestoreTimings{};  // nothing timed: the ACK's restore phases are missing
   }
+  void Release() override {
+    FUZZ_CHECK(resumed_ && !released_);
+    released_ = true;
+  }
   bool resumed() const { return resumed_; }
 
  private:
@@ -72,6 +80,7 @@ class FakeVm : public IncomingVm {
   std::vector<uint8_t> mem_;
   std::optional<std::vector<uint8_t>> accepted_;
   bool resumed_ = false;
+  bool released_ = false;
 };
 
 class FakeTransport : public Transport {

@@ -46,7 +46,12 @@ proto::Hello ValidHello(uint32_t cpus, proto::TransportKind transport) {
 
 // A HELLO_ACK payload: status, then (RDMA) a region table of N chunks tiling 64 MiB.
 Bytes HelloAck(const absl::Status& s, int regions) {
-  Bytes out = proto::Bytes(proto::MakeStatusMsg(s));
+  proto::HelloAckTimes times{};
+  if (s.ok()) {
+    times.setup_ns = 2'000'000;
+    times.restore_ns = 500'000;
+  }
+  Bytes out = proto::HelloAckBytes(s, times, {});
   if (regions > 0) {
     Bytes table(8, 0);
     table[0] = static_cast<uint8_t>(regions);

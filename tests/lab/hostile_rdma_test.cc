@@ -22,9 +22,7 @@ std::string LabIp() {
 }
 
 std::vector<uint8_t> OkAck(std::span<const uint8_t> regions) {
-  std::vector<uint8_t> a = proto::Bytes(proto::MakeStatusMsg(absl::OkStatus()));
-  a.insert(a.end(), regions.begin(), regions.end());
-  return a;
+  return proto::HelloAckBytes(absl::OkStatus(), {}, regions);
 }
 
 // An RDMA listener on a free port of the lab's address (PORT gets the port).

@@ -139,7 +139,7 @@ int Connect(uint16_t port) {
   return fd;
 }
 
-std::vector<uint8_t> OkStatus() { return proto::Bytes(proto::MakeStatusMsg(absl::OkStatus())); }
+std::vector<uint8_t> OkStatus() { return proto::HelloAckBytes(absl::OkStatus(), {}, {}); }
 
 // ---- source side: the engine against a lying destination ------------------------------------
 

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <random>
 
 #include "include/lmig/protocol.h"
 #include "src/cli/options.h"
@@ -210,6 +211,142 @@ TEST(Policy, ThrottlesAGuestThatOutrunsTheLink) {
   EXPECT_EQ(DecideNextRound(cfg, h, 10'000'000, 0).throttle_pct, 0);
   cfg.allow_throttle = false;
   EXPECT_EQ(DecideNextRound(cfg, h, 70'000'000, 0).throttle_pct, 0);
+}
+
+FixedCosts Fixed(double stop, double save, double rtt, double dst) {
+  FixedCosts f;
+  f.AddDryRun(stop, save, 0);
+  f.round_trip_ms = rtt;
+  f.dst_restore_ms = dst;
+  return f;
+}
+
+// The policy stopped when the pages fitted the target and the pause came out at twice it: the
+// fixed part (stop, save, round trip, restore) was not in its model.
+TEST(PolicyWithFixedCosts, StopsLaterWhenTheFixedPartIsLarge) {
+  PolicyConfig cfg;
+  cfg.downtime_target_ms = 50;
+  std::vector<RoundSample> h = {{100'000'000, 1.0}};  // 100 MB/s
+  // 4 MB is 40 ms of pages: enough alone, not with 20 ms of fixed costs.
+  EXPECT_TRUE(DecideNextRound(cfg, h, 4'000'000, 0).stop_and_copy);
+  const FixedCosts big = Fixed(5, 5, 5, 5);
+  PolicyDecision d = DecideNextRound(cfg, h, 4'000'000, 0, big);
+  EXPECT_FALSE(d.stop_and_copy) << d.reason;
+  EXPECT_DOUBLE_EQ(d.fixed_ms, 20);
+  EXPECT_DOUBLE_EQ(d.pages_ms, 40);
+  EXPECT_DOUBLE_EQ(d.expected_downtime_ms, 60);
+  // 3 MB (30 ms) + 20 ms fits exactly.
+  d = DecideNextRound(cfg, h, 3'000'000, 0, big);
+  EXPECT_TRUE(d.stop_and_copy);
+  EXPECT_TRUE(d.target_met);
+  EXPECT_THAT(d.reason, testing::HasSubstr("fixed 20.0 ms"));
+  // The state blob travels at the measured rate too: 1 MB of state is 10 ms more.
+  FixedCosts with_state = big;
+  with_state.state_bytes = 1'000'000;
+  EXPECT_DOUBLE_EQ(with_state.Ms(100'000'000), 30);
+  EXPECT_FALSE(DecideNextRound(cfg, h, 3'000'000, 0, with_state).stop_and_copy);
+  // Unmeasured parts (< 0) add nothing.
+  EXPECT_DOUBLE_EQ(Fixed(1, 2, -1, -1).Ms(100'000'000), 3);
+  // The pause's three control messages cost what a pre-copy END_ROUND did, each.
+  FixedCosts sends = Fixed(1, 2, -1, -1);
+  sends.control_send_ms = 2;
+  EXPECT_DOUBLE_EQ(sends.Ms(100'000'000), 9);
+}
+
+TEST(PolicyWithFixedCosts, ThrottlesAndSaysSoWhenPagesAndFixedCannotFit) {
+  PolicyConfig cfg;
+  cfg.downtime_target_ms = 50;
+  std::vector<RoundSample> h = {{100'000'000, 1.0}, {80'000'000, 0.8}};
+  const FixedCosts f = Fixed(10, 10, 10, 10);  // 40 ms fixed: 10 ms left for pages
+  // 2 MB is 20 ms of pages (fits without the fixed part): with it, not; not converging.
+  const PolicyDecision d = DecideNextRound(cfg, h, 2'000'000, 0, f);
+  EXPECT_FALSE(d.stop_and_copy);
+  EXPECT_EQ(d.throttle_pct, 0);  // 2 MB after an 80 MB round converges: no throttle
+  const PolicyDecision t = DecideNextRound(cfg, h, 45'000'000, 20, f);
+  EXPECT_FALSE(t.stop_and_copy);
+  EXPECT_EQ(t.throttle_pct, 40);
+  EXPECT_THAT(t.reason, testing::HasSubstr("throttling vCPUs to 40%"));
+  EXPECT_THAT(t.reason, testing::HasSubstr("fixed 40.0 ms"));
+  // A fixed part beyond the target: said, and stopped once the pages are a small share.
+  const FixedCosts huge = Fixed(30, 30, 0, 0);
+  const PolicyDecision u = DecideNextRound(cfg, h, 400'000, 0, huge);  // 4 ms of pages
+  EXPECT_TRUE(u.stop_and_copy);
+  EXPECT_FALSE(u.target_met);
+  EXPECT_THAT(u.reason, testing::HasSubstr("cannot meet the target"));
+  EXPECT_FALSE(DecideNextRound(cfg, h, 40'000'000, 0, huge).stop_and_copy);  // 400 ms: go on
+  // The round cap stops regardless, and says the target is not met.
+  cfg.max_rounds = 2;
+  const PolicyDecision cap = DecideNextRound(cfg, h, 45'000'000, 0, f);
+  EXPECT_TRUE(cap.stop_and_copy);
+  EXPECT_FALSE(cap.target_met);
+  EXPECT_THAT(cap.reason, testing::HasSubstr("cannot meet the target"));
+}
+
+TEST(PolicyWithFixedCosts, NeverExceedsTheTargetInItsOwnModel) {
+  std::mt19937_64 rng(16);
+  int stops = 0;
+  for (int i = 0; i < 20000; ++i) {
+    PolicyConfig cfg;
+    cfg.downtime_target_ms = 1 + rng() % 200;
+    cfg.max_rounds = 1 + static_cast<int>(rng() % 10);
+    std::vector<RoundSample> h;
+    for (int r = 0, n = 1 + static_cast<int>(rng() % 5); r < n; ++r) {
+      h.push_back({rng() % 500'000'000, 0.001 + (rng() % 10000) / 1000.0});
+    }
+    FixedCosts f;
+    for (int r = 0, n = static_cast<int>(rng() % 4); r < n; ++r) {
+      f.AddDryRun((rng() % 20000) / 1000.0, (rng() % 20000) / 1000.0, rng() % 100'000);
+    }
+    f.round_trip_ms = rng() % 3 == 0 ? -1 : (rng() % 30000) / 1000.0;
+    f.dst_restore_ms = rng() % 3 == 0 ? -1 : (rng() % 30000) / 1000.0;
+    f.control_send_ms = rng() % 3 == 0 ? -1 : (rng() % 5000) / 1000.0;
+    const uint64_t pending = rng() % 4 == 0 ? 0 : rng() % 100'000'000;
+    const PolicyDecision d = DecideNextRound(cfg, h, pending, static_cast<int>(rng() % 100), f);
+    EXPECT_NEAR(d.expected_downtime_ms, d.pages_ms + d.fixed_ms, 1e-6);
+    EXPECT_GE(d.error_ms, 0);
+    EXPECT_GE(d.fixed_ms, f.stop_ms + f.save_ms - 1e-9);
+    if (d.stop_and_copy && d.target_met) {
+      ++stops;
+      ASSERT_LE(d.expected_downtime_ms, static_cast<double>(cfg.downtime_target_ms)) << d.reason;
+    }
+    if (d.stop_and_copy && !d.target_met) {
+      ASSERT_GT(d.expected_downtime_ms, static_cast<double>(cfg.downtime_target_ms));
+      ASSERT_THAT(d.reason, testing::HasSubstr("cannot meet the target"));
+    }
+  }
+  EXPECT_GT(stops, 100);  // the property was exercised
+}
+
+TEST(PolicyWithFixedCosts, DryRunsKeepTheLongestAndTheirSpread) {
+  FixedCosts f;
+  f.AddDryRun(1, 2, 100);
+  EXPECT_DOUBLE_EQ(f.spread_ms, 0);
+  f.AddDryRun(3, 4, 300);  // longest: 7
+  f.AddDryRun(0.5, 0.5, 200);  // shortest: 1
+  EXPECT_EQ(f.dry_runs, 3);
+  EXPECT_DOUBLE_EQ(f.stop_ms, 3);
+  EXPECT_DOUBLE_EQ(f.save_ms, 4);
+  EXPECT_DOUBLE_EQ(f.spread_ms, 6);
+  EXPECT_EQ(f.state_bytes, 300u);
+  f.round_trip_ms = 2;
+  EXPECT_DOUBLE_EQ(f.ErrorMs(), 8);
+  // Control sends: the median of the latest kControlSamples, their spread thrice in the error.
+  FixedCosts c;
+  for (double ms : {9.0, 1.0, 3.0, 2.0, 4.0, 5.0}) {  // 9 falls out of the window
+    c.AddControlSend(ms);
+  }
+  EXPECT_EQ(c.control_sends.size(), kControlSamples);
+  EXPECT_DOUBLE_EQ(c.control_send_ms, 3);
+  EXPECT_DOUBLE_EQ(c.control_spread_ms, 4);
+  EXPECT_DOUBLE_EQ(c.ErrorMs(), 12);
+  EXPECT_DOUBLE_EQ(c.Ms(0), 9);
+  // The rate's spread is error too: pages at the slowest round's rate.
+  PolicyConfig cfg;
+  cfg.downtime_target_ms = 1000;
+  const std::vector<RoundSample> h = {{100'000'000, 1.0}, {50'000'000, 1.0}};  // 75 MB/s mean
+  const PolicyDecision d = DecideNextRound(cfg, h, 7'500'000, 0, f);
+  EXPECT_NEAR(d.pages_ms, 100, 1e-9);
+  EXPECT_NEAR(d.error_ms, 8 + (150 - 100), 1e-9);
 }
 
 TEST(Options, ParsesSizesRatesAndAddresses) {
