@@ -2,7 +2,8 @@
 idle guest and the workload guest dirtying fast, each migrated once. The source's report must
 break the pause down into phases (the destination's from its ACK) that add up to the measured
 downtime within 10%, none missing, and the downtime must stay within the target plus the error
-the policy's own estimate states. LMIG_DOWNTIME_VERBOSE=1 prints each source report."""
+the policy's own estimate states. LMIG_DOWNTIME_VERBOSE=1 prints each source report; LMIG_DOWNTIME_ARGS adds flags to both
+sides (for measurements, e.g. "--rdma-busy-poll")."""
 
 import os
 
@@ -12,15 +13,16 @@ from test_migrate import Peers, stats_path
 
 TRANSPORT = os.environ.get("LMIG_TRANSPORT", "tcp")
 TARGET_MS = 50
+EXTRA = os.environ.get("LMIG_DOWNTIME_ARGS", "").split()
 
 
 class Downtime(Peers):
     def migrate(self, vm, trigger, name):
         port = labkit.next_port()
         s_json, d_json = stats_path(f"{name}-src"), stats_path(f"{name}-dst")
-        d = self.dst(port, stats=d_json)
+        d = self.dst(port, *EXTRA, stats=d_json)
         s = self.src(port, vm, "--migrate-on-output", trigger,
-                     "--downtime-target", str(TARGET_MS), stats=s_json)
+                     "--downtime-target", str(TARGET_MS), *EXTRA, stats=s_json)
         self.assertEqual(s.wait(240), 0, self.why_src_failed(s, d))
         st = labkit.load_json(s_json)
         self.assertEqual(st["status"], "completed", s.tails(err=3000, out=0))
