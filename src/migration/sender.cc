@@ -456,6 +456,9 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
   // Nothing is lost: the guest keeps running here. The real pause is what is reported.
   m_->SetThrottle(0);
   const bool was_paused = paused_;
+  if (was_paused) {
+    EndPhase(stats, "failed_step");  // from the last completed step to the failure
+  }
   ResumeIfPaused(stats);
   if (was_paused) {
     // The pause ended early: the steps it did not reach are missing.

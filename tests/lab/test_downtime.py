@@ -2,7 +2,8 @@
 idle guest and the workload guest dirtying fast, each migrated once. The source's report must
 break the pause down into phases (the destination's from its ACK) that add up to the measured
 downtime within 10%, none missing, and the downtime must stay within the target plus the error
-the policy's own estimate states. LMIG_DOWNTIME_VERBOSE=1 prints each source report."""
+the policy's own estimate states. LMIG_DOWNTIME_VERBOSE=1 prints each source report; LMIG_DOWNTIME_ARGS adds flags to both
+sides (for measurements, e.g. "--rdma-busy-poll")."""
 
 import os
 
@@ -12,6 +13,7 @@ from test_migrate import Peers, stats_path
 
 TRANSPORT = os.environ.get("LMIG_TRANSPORT", "tcp")
 TARGET_MS = 50
+EXTRA = os.environ.get("LMIG_DOWNTIME_ARGS", "").split()
 
 
 class Downtime(Peers):
@@ -19,12 +21,12 @@ class Downtime(Peers):
         port = labkit.next_port()
         s_json, d_json = stats_path(f"{name}-src"), stats_path(f"{name}-dst")
         # Over TCP without TLS: the lab's emulated CPU runs AES-GCM ~150x slower than a real
-        # one (docs/benchmarks.md), which would make the busy guest's pre-copy crawl; the pause's
-        # mechanics are the same either way, and lab_tls covers TLS.
+        # one (docs/benchmarks.md), which made the busy guest's pre-copy crawl past the lab's
+        # timeout; the pause's mechanics are the same either way, and lab_tls covers TLS.
         plain = ("--no-tls",) if TRANSPORT == "tcp" else ()
-        d = self.dst(port, *plain, stats=d_json)
+        d = self.dst(port, *plain, *EXTRA, stats=d_json)
         s = self.src(port, vm, "--migrate-on-output", trigger,
-                     "--downtime-target", str(TARGET_MS), *plain, stats=s_json)
+                     "--downtime-target", str(TARGET_MS), *plain, *EXTRA, stats=s_json)
         self.assertEqual(s.wait(240), 0, self.why_src_failed(s, d))
         st = labkit.load_json(s_json)
         self.assertEqual(st["status"], "completed", s.tails(err=3000, out=0))

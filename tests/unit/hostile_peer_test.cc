@@ -248,6 +248,18 @@ TEST(HostileDestination, AStallInStopAndCopyResumesTheGuestWithinTheTimeout) {
   EXPECT_THAT(std::string(s.message()), testing::HasSubstr("stop-and-copy"));
   EXPECT_GE(stats.downtime_ms, 1900);  // the real pause, not 0
   EXPECT_LE(stats.downtime_ms, 4000);
+  // The failed pause, phase by phase: the wait that failed, the resume, the rest missing.
+  const PhaseCheck c = CheckPhases(stats.phases, stats.downtime_ms);
+  EXPECT_TRUE(c.Within(0.10, stats.downtime_ms)) << stats.HumanReport();
+  EXPECT_THAT(c.missing, testing::Contains("dst.state_restored"));
+  bool failed_step = false;
+  for (const Phase& p : stats.phases) {
+    if (p.name == "failed_step") {
+      failed_step = true;
+      EXPECT_GE(p.ms, 1800) << stats.HumanReport();
+    }
+  }
+  EXPECT_TRUE(failed_step) << stats.HumanReport();
   ExpectGuestRunsToItsEnd(a);
 }
 
