@@ -55,6 +55,7 @@ double FixedCosts::Ms(double rate) const {
   }
   ms += std::max(round_trip_ms, 0.0) + std::max(dst_restore_ms, 0.0);
   ms += kPauseControlSends * std::max(control_send_ms, 0.0);
+  ms += 2 * state_seal_ms;  // sealed and hashed here, opened and hashed there
   return ms;
 }
 

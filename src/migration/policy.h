@@ -4,7 +4,8 @@
 // The pause it predicts is the dirty data left at the measured rate plus the fixed part of the
 // pause, measured while pre-copy runs (FixedCosts: a dry-run stop and state save of the
 // running guest, the state blob at the link's rate, a control round trip and the
-// destination's dry-run restore, the pause's control messages at what an END_ROUND cost). It
+// destination's dry-run restore, the pause's control messages at what an END_ROUND cost, the
+// state blob's seal and checksum on both sides). It
 // stops and copies when pages + fixed fit the downtime
 // target, or at the round cap. A guest that keeps dirtying faster than the link drains it is
 // throttled (auto-converge, as QEMU does): from round 3 on, if a round did not shrink the dirty
@@ -46,6 +47,9 @@ struct FixedCosts {
   double spread_ms = 0;        // longest minus shortest (stop + save) over the dry runs
   double lowest_ms = 0;        // the shortest dry run (stop + save)
   uint64_t state_bytes = 0;    // the state blob's size (the largest seen)
+  // Sealing (with a key) and checksumming the state blob once, measured on a dry run's blob:
+  // the source pays it sending DEVICE_STATE, the destination again opening it (the longest).
+  double state_seal_ms = 0;
   double round_trip_ms = -1;   // one control round trip (< 0: not measured)
   double dst_restore_ms = -1;  // the destination's dry-run restore (< 0: not measured)
   // What one control message costs the sender: the median send of the last pre-copy rounds'

@@ -86,7 +86,8 @@ struct PauseEstimate {
   double error_ms = 0;   // the estimate's stated error
   // The fixed part's terms (< 0: not measured): dry-run stop and save, the state blob at the
   // link's rate, the handshake's control round trip, the destination's dry-run restore.
-  // control: the pause's control messages at what an END_ROUND cost in pre-copy.
+  // control: the pause's control messages at what an END_ROUND cost in pre-copy; state: the
+  // blob at the link's rate plus its seal and checksum on both sides.
   double stop_ms = 0, save_ms = 0, state_ms = 0, round_trip_ms = -1, dst_restore_ms = -1,
          control_ms = 0;
   std::string reason;    // why the policy stopped (or could not fit the target)

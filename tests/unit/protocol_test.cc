@@ -251,6 +251,9 @@ TEST(PolicyWithFixedCosts, StopsLaterWhenTheFixedPartIsLarge) {
   FixedCosts sends = Fixed(1, 2, -1, -1);
   sends.control_send_ms = 2;
   EXPECT_DOUBLE_EQ(sends.Ms(100'000'000), 9);
+  // The state blob's seal and checksum: once on each side.
+  sends.state_seal_ms = 1.5;
+  EXPECT_DOUBLE_EQ(sends.Ms(100'000'000), 12);
 }
 
 TEST(PolicyWithFixedCosts, ThrottlesAndSaysSoWhenPagesAndFixedCannotFit) {
