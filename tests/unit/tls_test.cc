@@ -92,7 +92,6 @@ class Relay {
     if (c < 0 || s < 0) {
       return;
     }
-    char buf[65536];
     bool c_open = true, s_open = true;
     while (!stop_ && (c_open || s_open)) {
       pollfd p[2] = {{c, static_cast<short>(c_open ? POLLIN : 0), 0},
@@ -101,32 +100,35 @@ class Relay {
         continue;
       }
       if (p[0].revents) {
-        const ssize_t n = ::read(c, buf, sizeof(buf));
-        if (n <= 0) {
-          c_open = false;
-          ::shutdown(s, SHUT_WR);
-        } else {
-          std::lock_guard<std::mutex> l(mu_);
-          const int64_t at = flip_at_ - static_cast<int64_t>(captured_.size());
-          captured_.append(buf, static_cast<size_t>(n));
-          if (at >= 0 && at < n) {
-            buf[at] ^= 0x40;
-          }
-          (void)::write(s, buf, static_cast<size_t>(n));
-        }
+        c_open = Forward(c, s, true);
       }
       if (p[1].revents) {
-        const ssize_t n = ::read(s, buf, sizeof(buf));
-        if (n <= 0) {
-          s_open = false;
-          ::shutdown(c, SHUT_WR);
-        } else {
-          (void)::write(c, buf, static_cast<size_t>(n));
-        }
+        s_open = Forward(s, c, false);
       }
     }
     ::close(c);
     ::close(s);
+  }
+
+  // Moves what FROM has to TO; false once FROM has closed. CLIENT: the source's direction,
+  // recorded (and its byte at flip_at_ flipped).
+  bool Forward(int from, int to, bool client) {
+    char buf[65536];
+    const ssize_t n = ::read(from, buf, sizeof(buf));
+    if (n <= 0) {
+      ::shutdown(to, SHUT_WR);
+      return false;
+    }
+    if (client) {
+      std::lock_guard<std::mutex> l(mu_);
+      const int64_t at = flip_at_ - static_cast<int64_t>(captured_.size());
+      captured_.append(buf, static_cast<size_t>(n));
+      if (at >= 0 && at < n) {
+        buf[at] ^= 0x40;
+      }
+    }
+    (void)::write(to, buf, static_cast<size_t>(n));
+    return true;
   }
 
   int lfd_ = -1;
