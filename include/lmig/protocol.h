@@ -56,8 +56,14 @@ namespace lmig::proto {
 
 inline constexpr uint32_t kMagic = 0x47494d4c;  // "LMIG"
 // 2: PROGRESS; 3: ACK echoes COMPLETE; 4: PSK auth; 5: ACK carries the destination's phases;
-// 6: HELLO_ACK carries HelloAckTimes
-inline constexpr uint32_t kVersion = 6;
+// 6: HELLO_ACK carries HelloAckTimes; 7: kTlsAccepted after the TLS handshake
+inline constexpr uint32_t kVersion = 7;
+// Over TLS the destination's first application record, once its handshake has checked the
+// source: a TLS 1.3 client's handshake ends before the server has seen the client's
+// certificate and Finished, so the source waits for this (or the refusing alert) before it
+// sends a byte. Without it a refused source could see only a reset on its next send.
+inline constexpr char kTlsAccepted[16] = {'l', 'm', 'i', 'g', ' ', 't', 'l', 's',
+                                          ' ', 'a', 'c', 'c', 'e', 'p', 't', '\n'};
 inline constexpr uint64_t kPageSize = 4096;
 inline constexpr uint32_t kMaxVcpus = 64;
 // Pre-copy rounds, final included: a source's --max-rounds is capped by this, and the

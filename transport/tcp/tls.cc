@@ -4,10 +4,12 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <sys/socket.h>
 
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "include/lmig/protocol.h"
 #include "include/lmig/status.h"
 #include "src/crypto/primitives.h"
 
@@ -146,11 +148,63 @@ absl::StatusOr<std::unique_ptr<TlsChannel>> TlsChannel::Handshake(
   OPENSSL_cleanse(ch->server_secret_.data(), ch->server_secret_.size());
   ch->client_secret_.clear();
   ch->server_secret_.clear();
+  RETURN_IF_ERROR(ch->Confirm(fd, wait));
   ch->description_ = absl::StrFormat(
       "%s %s, %s, %s", SSL_version(ssl) == TLS1_3_VERSION ? "TLS 1.3" : SSL_get_version(ssl),
       SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)), config.keyed_by(),
       ch->kernel_offload_ ? "kernel TLS" : "user-space TLS");
   return ch;
+}
+
+absl::Status TlsChannel::Confirm(int fd, const WaitFn& wait) {
+  const std::string what =
+      server_ ? "telling the source its TLS session is accepted"
+              : "waiting for the destination to accept the TLS session";
+  uint8_t token[sizeof(proto::kTlsAccepted)];
+  std::memcpy(token, proto::kTlsAccepted, sizeof(token));
+  if (!kernel_offload_) {
+    if (server_) {
+      return Write(token, sizeof(token), what, wait);
+    }
+    uint8_t got[sizeof(token)];
+    for (size_t have = 0; have < sizeof(got);) {
+      ASSIGN_OR_RETURN(const size_t n, Read(got + have, sizeof(got) - have, what, wait));
+      have += n;
+    }
+    return CheckAccepted(got, what);
+  }
+  // Kernel TLS: the socket is still non-blocking here.
+  uint8_t got[sizeof(token)];
+  uint8_t* buf = server_ ? token : got;
+  for (size_t done = 0; done < sizeof(token);) {
+    const ssize_t n = server_ ? ::send(fd, buf + done, sizeof(token) - done, MSG_NOSIGNAL)
+                              : ::recv(fd, buf + done, sizeof(token) - done, 0);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+      continue;
+    }
+    if (n == 0) {
+      return absl::UnavailableError(
+          absl::StrFormat("%s: %s closed the connection", what, peer_));
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      RETURN_IF_ERROR(wait(server_ ? POLLOUT : POLLIN));
+    } else if (errno == EIO && !server_) {
+      return KernelRecordError(fd, what);
+    } else if (errno != EINTR) {
+      return ErrnoStatus(absl::StrFormat("%s (%s)", what, peer_));
+    }
+  }
+  return server_ ? absl::OkStatus() : CheckAccepted(got, what);
+}
+
+absl::Status TlsChannel::CheckAccepted(const uint8_t* got, const std::string& what) const {
+  if (std::memcmp(got, proto::kTlsAccepted, sizeof(proto::kTlsAccepted)) != 0) {
+    return absl::DataLossError(absl::StrFormat(
+        "%s: %s sent something else first (is it lmig-rdma, protocol %d?)", what, peer_,
+        proto::kVersion));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status TlsChannel::Retry(int ret, const std::string& what, const WaitFn& wait) {
@@ -189,7 +243,8 @@ absl::Status TlsChannel::AlertError(int alert, const std::string& what) const {
   const char* them = server_ ? "source" : "destination";
   if (IsAuthAlert(alert)) {
     // TLS 1.3 ends the client's handshake before the server has checked the client's
-    // certificate: a refusal of it arrives as an alert on the first read.
+    // certificate: a refusal of it arrives as an alert where the source waits for
+    // proto::kTlsAccepted.
     return absl::UnauthenticatedError(absl::StrFormat(
         "authentication failed (refused by the %s %s: TLS alert \"%s\")", them, peer_,
         SSL_alert_desc_string_long(alert)));

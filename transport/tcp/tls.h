@@ -108,6 +108,10 @@ class TlsChannel {
       : ssl_(ssl), peer_(std::move(peer)), server_(server) {}
   // Hands the record keys to the kernel; false (nothing changed) where it has no TLS.
   absl::StatusOr<bool> OffloadToKernel(int fd);
+  // After the handshake: the destination sends proto::kTlsAccepted, the source waits for it,
+  // so a source the destination refused learns it from the alert, not from a reset later.
+  absl::Status Confirm(int fd, const WaitFn& wait);
+  absl::Status CheckAccepted(const uint8_t* got, const std::string& what) const;
   // The peer refused us with alert ALERT (a TLS alert description).
   absl::Status AlertError(int alert, const std::string& what) const;
   // After an SSL_read/SSL_write that returned RET: waits for the socket and returns OK to
