@@ -1,108 +1,22 @@
 #include "src/machine/machine.h"
 
-#include <fcntl.h>
-#include <pthread.h>
-#include <signal.h>
 #include <sys/eventfd.h>
-#include <sys/stat.h>
 
 #include <cstring>
-#include <fstream>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "include/lmig/status.h"
-#include "src/arch/x86_64/boot.h"
 #include "src/arch/x86_64/cpu.h"
 #include "src/arch/x86_64/layout.h"
-#include "src/arch/x86_64/acpi.h"
-#include "src/arch/x86_64/mptable.h"
-#include "src/machine/state_codec.h"
 
 namespace lmig {
 namespace {
 
-constexpr uint64_t kTssAddress = 0xfffbd000;
 constexpr uint32_t kDirtyRingEntries = 65536;  // KVM_DIRTY_RING_MAX_ENTRIES
-constexpr int kKickSignal = SIGUSR1;
-
-void KickHandler(int) {}
-
-void InstallKickHandler() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    struct sigaction sa {};
-    sa.sa_handler = KickHandler;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = 0;  // no SA_RESTART: KVM_RUN must return EINTR
-    sigaction(kKickSignal, &sa, nullptr);
-  });
-}
-
-double MsBetween(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
-
-void SignalEvent(int fd) {
-  const uint64_t one = 1;
-  (void)!::write(fd, &one, sizeof(one));
-}
 
 }  // namespace
-
-absl::StatusOr<std::vector<uint8_t>> ReadFile(const std::string& path, const char* what) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    return ErrnoStatus(absl::StrCat(what, " ", path));
-  }
-  UniqueFd f(fd);
-  struct stat st;
-  if (::fstat(fd, &st) < 0) {
-    return ErrnoStatus(absl::StrCat(what, " ", path));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " ", path, ": not a regular file"));
-  }
-  std::vector<uint8_t> data(static_cast<size_t>(st.st_size));
-  size_t got = 0;
-  while (got < data.size()) {
-    const ssize_t n = ::read(fd, data.data() + got, data.size() - got);
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    if (n <= 0) {
-      return ErrnoStatus(absl::StrCat(what, " ", path, ": read"), n == 0 ? EIO : errno);
-    }
-    got += static_cast<size_t>(n);
-  }
-  return data;
-}
-
-absl::StatusOr<std::unique_ptr<ConsoleBuffer>> ConsoleBuffer::Create() {
-  const int fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (fd < 0) {
-    return ErrnoStatus("eventfd");
-  }
-  return std::unique_ptr<ConsoleBuffer>(new ConsoleBuffer(UniqueFd(fd)));
-}
-
-void ConsoleBuffer::Append(uint8_t byte) {
-  bool was_empty;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    was_empty = buf_.empty();
-    buf_.push_back(static_cast<char>(byte));
-  }
-  if (was_empty) {
-    SignalEvent(event_.get());
-  }
-}
-
-std::string ConsoleBuffer::Take() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return std::exchange(buf_, {});
-}
 
 // ---------------------------------------------------------------------------------------------
 // Machine construction and boot
@@ -112,16 +26,10 @@ Machine::Machine(MachineConfig config, Kvm kvm, VmFd vm, GuestMemory mem, Unique
       kvm_(std::move(kvm)),
       vm_(std::move(vm)),
       memory_(std::move(mem)),
-      dirty_(this),
-      stop_event_(std::move(stop_event)) {}
+      dirty_(config_.dirty_mode, vm_, memory_, vcpus_),
+      runner_(vcpus_, [this](VcpuFd& v) { return HandleExit(v); }, std::move(stop_event)) {}
 
-Machine::~Machine() {
-  SetThrottle(0);
-  if (!threads_.empty()) {
-    RequestStop({ExitInfo::kStopped, "machine destroyed"});
-    Join();
-  }
-}
+Machine::~Machine() { runner_.Shutdown(); }
 
 absl::StatusOr<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config,
                                                          ConsoleBuffer* console) {
@@ -150,8 +58,7 @@ absl::StatusOr<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& co
 }
 
 absl::Status Machine::Init(ConsoleBuffer* console) {
-  InstallKickHandler();
-  RETURN_IF_ERROR(vm_.SetTssAddr(kTssAddress));
+  RETURN_IF_ERROR(vm_.SetTssAddr(x86::kTssAddress));
   RETURN_IF_ERROR(vm_.CreateIrqchip());
   RETURN_IF_ERROR(vm_.CreatePit2());
   // With the exception payload split out, KVM_GET_VCPU_EVENTS reports a pending exception as
@@ -244,190 +151,16 @@ absl::StatusOr<std::vector<uint32_t>> Machine::SavableMsrs() {
 }
 
 absl::Status Machine::LoadLinux(const BootConfig& boot) {
-  ASSIGN_OR_RETURN(std::vector<uint8_t> image, ReadFile(boot.kernel, "kernel"));
-  auto parsed = x86::ParseBzImage(image);
-  if (!parsed.ok()) {
-    return Annotate(parsed.status(), absl::StrCat("kernel ", boot.kernel));
-  }
-  const x86::BzImage& k = *parsed;
-  const x86::RamLayout& ram = memory_.layout();
-  if (ram.total() < x86::MinimumMemory(k)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "--mem %dMiB is too small for kernel %s: it needs at least %dMiB", ram.total() >> 20,
-        boot.kernel, (x86::MinimumMemory(k) + (1 << 20) - 1) >> 20));
-  }
-  std::span<uint8_t> low = memory_.low();
-  std::memcpy(&low[x86::kKernelStart], image.data() + k.payload_offset, k.payload_size);
-
-  uint64_t initrd_addr = 0, initrd_size = 0;
-  if (!boot.initrd.empty()) {
-    ASSIGN_OR_RETURN(std::vector<uint8_t> initrd, ReadFile(boot.initrd, "initrd"));
-    auto addr = x86::PlaceInitrd(k, ram, initrd.size());
-    if (!addr.ok()) {
-      return Annotate(addr.status(), absl::StrCat("initrd ", boot.initrd));
-    }
-    initrd_addr = *addr;
-    initrd_size = initrd.size();
-    std::memcpy(&low[initrd_addr], initrd.data(), initrd.size());
-  }
-  if (boot.cmdline.size() + 1 > std::min<uint64_t>(k.cmdline_size + 1, x86::kCmdlineMax)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "--cmdline is %d bytes; the kernel accepts at most %d", boot.cmdline.size(),
-        k.cmdline_size));
-  }
-  std::memcpy(&low[x86::kCmdlineStart], boot.cmdline.c_str(), boot.cmdline.size() + 1);
-
-  const boot_params bp =
-      x86::BuildBootParams(k, x86::BuildE820(ram), initrd_addr, initrd_size);
-  std::memcpy(&low[x86::kBootParamsStart], &bp, sizeof(bp));
-
-  ASSIGN_OR_RETURN(x86::MpTables mp, x86::BuildMpTables(config_.num_cpus));
-  std::memcpy(&low[x86::kEbdaStart], mp.floating_pointer.data(), mp.floating_pointer.size());
-  static_assert(x86::kAcpiTablesStart > x86::kMpConfigStart);
-  if (mp.config_table.size() > x86::kAcpiTablesStart - x86::kMpConfigStart) {
-    return absl::InternalError("MP configuration table overlaps the ACPI tables");
-  }
-  std::memcpy(&low[x86::kMpConfigStart], mp.config_table.data(), mp.config_table.size());
-  const std::vector<uint8_t> acpi = x86::BuildAcpiTables(x86::kAcpiTablesStart, config_.num_cpus);
-  std::memcpy(&low[x86::kAcpiTablesStart], acpi.data(), acpi.size());
-  const uint16_t ebda_segment = x86::kEbdaStart >> 4;
-  std::memcpy(&low[x86::kBdaEbdaPointer], &ebda_segment, 2);
-
-  const bool long_mode = k.Supports64BitEntry();
-  x86::WriteBootGdt(low, long_mode);
-  if (long_mode) {
-    x86::WriteBootPageTables(low);
-  }
+  ASSIGN_OR_RETURN(x86::BootEntry entry,
+                   x86::LoadLinux(boot, memory_.low(), memory_.layout(), config_.num_cpus));
   VcpuFd& bsp = *vcpus_[0];
   ASSIGN_OR_RETURN(kvm_sregs sregs, bsp.GetSregs());
-  RETURN_IF_ERROR(bsp.SetSregs(x86::BootSregs(sregs, long_mode)));
-  const uint64_t entry =
-      long_mode ? x86::kKernelStart + x86::kKernel64EntryOffset : k.code32_start;
-  RETURN_IF_ERROR(bsp.SetRegs(x86::BootRegs(entry)));
-  return absl::OkStatus();
+  RETURN_IF_ERROR(bsp.SetSregs(x86::BootSregs(sregs, entry.long_mode)));
+  return bsp.SetRegs(x86::BootRegs(entry.rip));
 }
 
 // ---------------------------------------------------------------------------------------------
-// vCPU threads
-
-absl::Status Machine::Start() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (started_paused_) {
-    if (hold_start_) {
-      start_armed_ = true;
-      return absl::OkStatus();
-    }
-    started_paused_ = false;
-    if (pause_depth_ > 0 && --pause_depth_ == 0) {
-      cv_.notify_all();
-    }
-    return absl::OkStatus();
-  }
-  if (!threads_.empty()) {
-    return absl::FailedPreconditionError("the vCPU threads are already started");
-  }
-  running_threads_ = num_vcpus();
-  parked_at_.assign(vcpus_.size(), Clock::time_point());
-  for (int i = 0; i < num_vcpus(); ++i) {
-    threads_.emplace_back([this, i] { VcpuLoop(i); });
-  }
-  return absl::OkStatus();
-}
-
-void Machine::HoldStart() {
-  std::lock_guard<std::mutex> lock(mu_);
-  hold_start_ = started_paused_;
-}
-
-void Machine::ReleaseStart() {
-  std::lock_guard<std::mutex> lock(mu_);
-  hold_start_ = false;
-  if (start_armed_ && started_paused_) {
-    start_armed_ = false;
-    started_paused_ = false;
-    if (pause_depth_ > 0 && --pause_depth_ == 0) {
-      cv_.notify_all();
-    }
-  }
-}
-
-absl::Status Machine::StartPaused() {
-  std::unique_lock<std::mutex> lock(mu_);
-  if (!threads_.empty()) {
-    return absl::FailedPreconditionError("the vCPU threads are already started");
-  }
-  ++pause_depth_;
-  started_paused_ = true;
-  running_threads_ = num_vcpus();
-  parked_at_.assign(vcpus_.size(), Clock::time_point());
-  for (int i = 0; i < num_vcpus(); ++i) {
-    threads_.emplace_back([this, i] { VcpuLoop(i); });
-  }
-  // Each thread parks after a KVM_RUN with immediate_exit set, which returns at once without
-  // entering the guest (api.rst, KVM_RUN): the vCPU has not run, so its CPUID may still be set.
-  cv_.wait(lock, [&] { return parked_ >= running_threads_; });
-  return absl::OkStatus();
-}
-
-void Machine::VcpuLoop(int index) {
-  VcpuFd& vcpu = *vcpus_[index];
-  char name[16];
-  std::snprintf(name, sizeof(name), "vcpu%d", index);
-  pthread_setname_np(pthread_self(), name);
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, kKickSignal);
-  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
-  for (;;) {
-    vcpu.run()->immediate_exit = 0;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      if (stop_) {
-        break;
-      }
-      if (pause_depth_ > 0) {
-        // api.rst (KVM_RUN, immediate_exit): a port I/O or MMIO exit is complete only after
-        // the next KVM_RUN; run once with immediate_exit so the saved state is consistent
-        // (otherwise an IN's result never reaches RAX on the destination).
-        vcpu.run()->immediate_exit = 1;
-        (void)vcpu.Run();
-        vcpu.run()->immediate_exit = 0;
-        ++parked_;
-        parked_at_[index] = Clock::now();
-        cv_.notify_all();
-        cv_.wait(lock, [&] { return pause_depth_ == 0 || stop_; });
-        --parked_;
-        continue;
-      }
-    }
-    const int err = vcpu.Run();
-    if (err == EINTR || err == EAGAIN) {
-      const int pct = throttle_pct_.load();
-      if (pct > 0) {
-        // Sleep so that the vCPU runs (100 - pct)% of each 10 ms slice; a Pause, a stop or the
-        // throttle's end cuts the sleep short (a sleeping vCPU would otherwise hold up a
-        // stop-and-copy by up to its whole share, 1 s at 99%).
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait_for(lock, std::chrono::microseconds(10000 * pct / (100 - pct)), [&] {
-          return pause_depth_ > 0 || stop_ || throttle_pct_.load() == 0;
-        });
-      }
-      continue;
-    }
-    if (err != 0) {
-      RequestStop({ExitInfo::kError,
-                   absl::StrFormat("KVM_RUN vcpu=%d: %s", index, std::strerror(err))});
-      break;
-    }
-    exits_.fetch_add(1, std::memory_order_relaxed);
-    if (!HandleExit(vcpu)) {
-      break;
-    }
-  }
-  std::lock_guard<std::mutex> lock(mu_);
-  --running_threads_;
-  cv_.notify_all();
-}
+// KVM exits (on the vCPU's thread)
 
 bool Machine::HandleExit(VcpuFd& vcpu) {
   kvm_run* run = vcpu.run();
@@ -500,102 +233,8 @@ bool Machine::HandleExit(VcpuFd& vcpu) {
   }
 }
 
-void Machine::RequestStop(ExitInfo reason) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (exit_.kind == ExitInfo::kRunning) {
-      exit_ = std::move(reason);
-    }
-    stop_ = true;
-    cv_.notify_all();
-  }
-  for (size_t i = 0; i < threads_.size(); ++i) {
-    vcpus_[i]->run()->immediate_exit = 1;
-    if (threads_[i].joinable() && threads_[i].get_id() != std::this_thread::get_id()) {
-      pthread_kill(threads_[i].native_handle(), kKickSignal);
-    }
-  }
-  SignalEvent(stop_event_.get());
-}
-
-ExitInfo Machine::exit_info() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return exit_;
-}
-
-void Machine::Join() {
-  for (std::thread& t : threads_) {
-    if (t.joinable()) {
-      t.join();
-    }
-  }
-  threads_.clear();
-}
-
-void Machine::SetThrottle(int pct) {
-  pct = std::clamp(pct, 0, 99);
-  const int old = throttle_pct_.exchange(pct);
-  if (pct > 0 && old == 0) {
-    throttle_thread_ = std::thread([this] { ThrottleLoop(); });
-  } else if (pct == 0 && throttle_thread_.joinable()) {
-    {
-      // Wakes the throttle thread and the vCPUs sleeping their share at once.
-      std::lock_guard<std::mutex> lock(mu_);
-      cv_.notify_all();
-    }
-    throttle_thread_.join();
-  }
-}
-
-void Machine::ThrottleLoop() {
-  pthread_setname_np(pthread_self(), "throttle");
-  while (throttle_pct_.load() > 0 && !stop_.load()) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (size_t i = 0; i < threads_.size(); ++i) {
-        vcpus_[i]->run()->immediate_exit = 1;
-        pthread_kill(threads_[i].native_handle(), kKickSignal);
-      }
-    }
-    const int pct = throttle_pct_.load();
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, std::chrono::microseconds(10000 + 10000 * pct / (100 - pct)),
-                 [&] { return throttle_pct_.load() == 0 || stop_.load(); });
-  }
-}
-
-void Machine::Pause() {
-  const Clock::time_point start = Clock::now();
-  std::unique_lock<std::mutex> lock(mu_);
-  const bool first = pause_depth_++ == 0;
-  for (size_t i = 0; i < threads_.size(); ++i) {
-    vcpus_[i]->run()->immediate_exit = 1;
-    pthread_kill(threads_[i].native_handle(), kKickSignal);
-  }
-  cv_.notify_all();  // a throttled vCPU sleeping its share parks at once
-  cv_.wait(lock, [&] { return parked_ >= running_threads_; });
-  if (first) {
-    last_pause_.vcpu_ms.assign(vcpus_.size(), 0);
-    for (size_t i = 0; i < parked_at_.size() && i < vcpus_.size(); ++i) {
-      if (parked_at_[i] >= start) {
-        last_pause_.vcpu_ms[i] = MsBetween(start, parked_at_[i]);
-      }
-    }
-    last_pause_.total_ms = MsBetween(start, Clock::now());
-  }
-}
-
-PauseTiming Machine::last_pause() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return last_pause_;
-}
-
-void Machine::Resume() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (pause_depth_ > 0 && --pause_depth_ == 0) {
-    cv_.notify_all();
-  }
-}
+// ---------------------------------------------------------------------------------------------
+// Diagnostics
 
 namespace {
 
@@ -674,291 +313,6 @@ absl::StatusOr<std::string> Machine::Describe() {
                         pic.chip.pic.irr, pic.chip.pic.imr, pic.chip.pic.isr);
   absl::StrAppend(&out, uart_->Describe(), "\n");
   return out;
-}
-
-// ---------------------------------------------------------------------------------------------
-// State save / restore (Documentation/virt/kvm/api.rst; restore order as Firecracker/QEMU:
-// CPUID first, LAPIC before MSRs so TSC_DEADLINE sticks, events last)
-
-const char* StateCallName(StateCall c) {
-  switch (c) {
-    case StateCall::kCpuid: return "cpuid";
-    case StateCall::kMpState: return "mp_state";
-    case StateCall::kRegs: return "regs";
-    case StateCall::kSregs: return "sregs";
-    case StateCall::kXsave: return "xsave";
-    case StateCall::kXcrs: return "xcrs";
-    case StateCall::kLapic: return "lapic";
-    case StateCall::kMsrs: return "msrs";
-    case StateCall::kDebugRegs: return "debugregs";
-    case StateCall::kEvents: return "vcpu_events";
-    case StateCall::kIrqchip: return "irqchips";
-    case StateCall::kPit: return "pit2";
-    case StateCall::kClock: return "clock";
-    case StateCall::kUart: return "uart";
-    case StateCall::kValidate: return "validate";
-  }
-  return "unknown";
-}
-
-namespace {
-
-// Adds the time since the previous lap to one call group (and, through the caller, to the
-// vCPU or VM-wide total).
-class Laps {
- public:
-  explicit Laps(StateTiming& t) : t_(t), last_(std::chrono::steady_clock::now()) {}
-  void Lap(StateCall c) {
-    const auto now = std::chrono::steady_clock::now();
-    t_.call_ms[static_cast<int>(c)] += MsBetween(last_, now);
-    last_ = now;
-  }
-
- private:
-  StateTiming& t_;
-  std::chrono::steady_clock::time_point last_;
-};
-
-}  // namespace
-
-absl::StatusOr<std::vector<uint8_t>> Machine::SaveState() {
-  ASSIGN_OR_RETURN(SavedState s, SaveStateTimed());
-  return std::move(s.blob);
-}
-
-absl::StatusOr<SavedState> Machine::SaveStateTimed() {
-  const Clock::time_point start = Clock::now();
-  SavedState out;
-  StateTiming& t = out.timing;
-  Laps laps(t);
-  StateWriter w;
-  for (auto& vp : vcpus_) {
-    const Clock::time_point vcpu_start = Clock::now();
-    VcpuFd& v = *vp;
-    const uint32_t id = static_cast<uint32_t>(v.id());
-    // KVM_GET_CPUID2 is not in every kernel's uapi; the VMM set the table, so it knows it.
-    const std::vector<kvm_cpuid_entry2>& cpuid = cpuid_[id];
-    w.Add(StateTag::kCpuid, id, cpuid.data(), cpuid.size() * sizeof(kvm_cpuid_entry2));
-    laps.Lap(StateCall::kCpuid);
-    ASSIGN_OR_RETURN(kvm_mp_state mp, v.GetMpState());
-    w.AddPod(StateTag::kMpState, id, mp);
-    laps.Lap(StateCall::kMpState);
-    ASSIGN_OR_RETURN(kvm_regs regs, v.GetRegs());
-    w.AddPod(StateTag::kRegs, id, regs);
-    laps.Lap(StateCall::kRegs);
-    ASSIGN_OR_RETURN(kvm_sregs sregs, v.GetSregs());
-    w.AddPod(StateTag::kSregs, id, sregs);
-    laps.Lap(StateCall::kSregs);
-    ASSIGN_OR_RETURN(std::vector<uint8_t> xsave, v.GetXsave(xsave_size_));
-    w.Add(StateTag::kXsave, id, xsave.data(), xsave.size());
-    laps.Lap(StateCall::kXsave);
-    ASSIGN_OR_RETURN(kvm_xcrs xcrs, v.GetXcrs());
-    w.AddPod(StateTag::kXcrs, id, xcrs);
-    laps.Lap(StateCall::kXcrs);
-    ASSIGN_OR_RETURN(kvm_lapic_state lapic, v.GetLapic());
-    w.AddPod(StateTag::kLapic, id, lapic);
-    laps.Lap(StateCall::kLapic);
-    ASSIGN_OR_RETURN(std::vector<kvm_msr_entry> msrs, v.GetMsrs(msr_indices_));
-    if (msrs.size() != msr_indices_.size()) {
-      return absl::InternalError(absl::StrFormat("KVM_GET_MSRS vcpu=%d: read %d of %d MSRs",
-                                                 id, msrs.size(), msr_indices_.size()));
-    }
-    w.Add(StateTag::kMsrs, id, msrs.data(), msrs.size() * sizeof(kvm_msr_entry));
-    laps.Lap(StateCall::kMsrs);
-    ASSIGN_OR_RETURN(kvm_vcpu_events ev, v.GetVcpuEvents());
-    w.AddPod(StateTag::kVcpuEvents, id, ev);
-    laps.Lap(StateCall::kEvents);
-    ASSIGN_OR_RETURN(kvm_debugregs dr, v.GetDebugRegs());
-    w.AddPod(StateTag::kDebugRegs, id, dr);
-    laps.Lap(StateCall::kDebugRegs);
-    t.vcpu_ms.push_back(MsBetween(vcpu_start, Clock::now()));
-  }
-  const Clock::time_point vm_start = Clock::now();
-  for (uint32_t chip : {KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC}) {
-    ASSIGN_OR_RETURN(kvm_irqchip c, vm_.GetIrqchip(chip));
-    w.AddPod(StateTag::kIrqchip, kVmWide, c);
-  }
-  laps.Lap(StateCall::kIrqchip);
-  ASSIGN_OR_RETURN(kvm_pit_state2 pit, vm_.GetPit2());
-  w.AddPod(StateTag::kPit2, kVmWide, pit);
-  laps.Lap(StateCall::kPit);
-  ASSIGN_OR_RETURN(kvm_clock_data clock, vm_.GetClock());
-  w.AddPod(StateTag::kClock, kVmWide, clock);
-  laps.Lap(StateCall::kClock);
-  const std::vector<uint8_t> uart = uart_->Save().Serialize();
-  w.Add(StateTag::kUart, kVmWide, uart.data(), uart.size());
-  out.blob = w.Finish();
-  laps.Lap(StateCall::kUart);
-  const Clock::time_point end = Clock::now();
-  t.vm_ms = MsBetween(vm_start, end);
-  t.total_ms = MsBetween(start, end);
-  return out;
-}
-
-StateLimits Machine::state_limits() const {
-  StateLimits l;
-  l.num_vcpus = static_cast<uint32_t>(vcpus_.size());
-  l.xsave_size = xsave_size_;
-  l.msr_indices = msr_indices_;
-  return l;
-}
-
-absl::Status Machine::RestoreState(std::span<const uint8_t> blob) {
-  return RestoreStateTimed(blob).status();
-}
-
-absl::StatusOr<StateTiming> Machine::RestoreStateTimed(std::span<const uint8_t> blob) {
-  const Clock::time_point start = Clock::now();
-  StateTiming t;
-  Laps laps(t);
-  // Nothing reaches KVM before the whole blob is known to be complete and well-formed.
-  ASSIGN_OR_RETURN(ValidatedState st, ValidateState(blob, state_limits()));
-  laps.Lap(StateCall::kValidate);
-  for (size_t id = 0; id < vcpus_.size(); ++id) {
-    const Clock::time_point vcpu_start = Clock::now();
-    VcpuFd& v = *vcpus_[id];
-    const VcpuState& s = st.vcpus[id];
-    RETURN_IF_ERROR(v.SetCpuid(s.cpuid));
-    laps.Lap(StateCall::kCpuid);
-    RETURN_IF_ERROR(v.SetMpState(s.mp_state));
-    laps.Lap(StateCall::kMpState);
-    RETURN_IF_ERROR(v.SetRegs(s.regs));
-    laps.Lap(StateCall::kRegs);
-    RETURN_IF_ERROR(v.SetSregs(s.sregs));
-    laps.Lap(StateCall::kSregs);
-    RETURN_IF_ERROR(v.SetXsave(s.xsave, xsave_size_));
-    laps.Lap(StateCall::kXsave);
-    RETURN_IF_ERROR(v.SetXcrs(s.xcrs));
-    laps.Lap(StateCall::kXcrs);
-    RETURN_IF_ERROR(v.SetLapic(s.lapic));
-    laps.Lap(StateCall::kLapic);
-    RETURN_IF_ERROR(v.SetMsrs(s.msrs));
-    laps.Lap(StateCall::kMsrs);
-    RETURN_IF_ERROR(v.SetDebugRegs(s.debugregs));
-    laps.Lap(StateCall::kDebugRegs);
-    RETURN_IF_ERROR(v.SetVcpuEvents(s.events));
-    laps.Lap(StateCall::kEvents);
-    cpuid_[id] = s.cpuid;
-    t.vcpu_ms.push_back(MsBetween(vcpu_start, Clock::now()));
-  }
-  const Clock::time_point vm_start = Clock::now();
-  for (const kvm_irqchip& c : st.irqchips) {
-    RETURN_IF_ERROR(vm_.SetIrqchip(c));
-  }
-  laps.Lap(StateCall::kIrqchip);
-  RETURN_IF_ERROR(vm_.SetPit2(st.pit));
-  laps.Lap(StateCall::kPit);
-  RETURN_IF_ERROR(vm_.SetClock(st.clock));
-  laps.Lap(StateCall::kClock);
-  uart_->Restore(st.uart);
-  laps.Lap(StateCall::kUart);
-  const Clock::time_point end = Clock::now();
-  t.vm_ms = MsBetween(vm_start, end);
-  t.total_ms = MsBetween(start, end);
-  return t;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Dirty tracking
-
-absl::Status DirtyLog::SetLogging(bool on) {
-  const GuestMemory& mem = m_->memory_;
-  for (const MemorySlot& s : mem.slots()) {
-    RETURN_IF_ERROR(m_->vm_.SetUserMemoryRegion(s.id, on ? KVM_MEM_LOG_DIRTY_PAGES : 0, s.gpa,
-                                                s.size, mem.base() + s.ram_offset));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status DirtyLog::Start() {
-  std::lock_guard<std::mutex> lock(mu_);
-  pending_ = PageBitmap(m_->memory_.num_pages());
-  // The ring's fetch index is KVM's position, kept across a stop and a restart (a retried
-  // migration): starting again from 0 would read reset entries and harvest nothing.
-  if (fetch_index_.size() != m_->vcpus_.size()) {
-    fetch_index_.assign(m_->vcpus_.size(), 0);
-  }
-  RETURN_IF_ERROR(SetLogging(true));
-  active_ = true;
-  if (m_->config_.dirty_mode == DirtyMode::kBitmap) {
-    // Initially-all-set: clear (write-protect) everything now, so Collect reports only writes
-    // that happen from here on, as with the ring.
-    for (const MemorySlot& s : m_->memory_.slots()) {
-      std::vector<uint64_t> all((s.size / GuestMemory::kPageSize + 63) / 64, ~0ull);
-      RETURN_IF_ERROR(m_->vm_.ClearDirtyLog(
-          s.id, 0, static_cast<uint32_t>(s.size / GuestMemory::kPageSize), all.data()));
-    }
-  }
-  return absl::OkStatus();
-}
-
-uint64_t DirtyLog::HarvestRing(int vcpu) {
-  VcpuFd& v = *m_->vcpus_[vcpu];
-  kvm_dirty_gfn* ring = v.dirty_ring();
-  const uint32_t n = v.dirty_ring_entries();
-  if (ring == nullptr || n == 0) {
-    return 0;
-  }
-  const auto& slots = m_->memory_.slots();
-  uint64_t count = 0;
-  for (;;) {
-    kvm_dirty_gfn& e = ring[fetch_index_[vcpu] & (n - 1)];
-    if ((__atomic_load_n(&e.flags, __ATOMIC_ACQUIRE) & KVM_DIRTY_GFN_F_DIRTY) == 0) {
-      break;
-    }
-    const uint32_t slot = e.slot & 0xffff;  // low 16 bits: slot id (address space 0)
-    if (slot < slots.size()) {
-      pending_.Set(slots[slot].ram_offset / GuestMemory::kPageSize + e.offset);
-    }
-    __atomic_store_n(&e.flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
-    ++fetch_index_[vcpu];
-    ++count;
-  }
-  return count;
-}
-
-absl::Status DirtyLog::HarvestRingFull(int vcpu) {
-  std::lock_guard<std::mutex> lock(mu_);
-  HarvestRing(vcpu);
-  return m_->vm_.ResetDirtyRings();
-}
-
-absl::Status DirtyLog::Collect(PageBitmap& out) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!active_) {
-    return absl::FailedPreconditionError("dirty logging is not started");
-  }
-  if (m_->config_.dirty_mode == DirtyMode::kRing) {
-    for (int i = 0; i < m_->num_vcpus(); ++i) {
-      HarvestRing(i);
-    }
-    RETURN_IF_ERROR(m_->vm_.ResetDirtyRings());
-  } else {
-    for (const MemorySlot& s : m_->memory_.slots()) {
-      const uint64_t pages = s.size / GuestMemory::kPageSize;
-      std::vector<uint64_t> bits((pages + 63) / 64, 0);
-      RETURN_IF_ERROR(m_->vm_.GetDirtyLog(s.id, bits.data()));
-      RETURN_IF_ERROR(
-          m_->vm_.ClearDirtyLog(s.id, 0, static_cast<uint32_t>(pages), bits.data()));
-      pending_.OrWords(s.ram_offset / GuestMemory::kPageSize, bits.data(), pages);
-    }
-  }
-  auto& dst = out.words();
-  auto& src = pending_.words();
-  for (size_t i = 0; i < dst.size() && i < src.size(); ++i) {
-    dst[i] |= src[i];
-  }
-  pending_.Clear();
-  return absl::OkStatus();
-}
-
-absl::Status DirtyLog::Stop() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!active_) {
-    return absl::OkStatus();
-  }
-  active_ = false;
-  return SetLogging(false);
 }
 
 }  // namespace lmig

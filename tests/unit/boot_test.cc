@@ -1,7 +1,13 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
 #include <vector>
 
 #include "src/arch/x86_64/acpi.h"
@@ -61,6 +67,72 @@ TEST(BzImage, RejectsWhatIsNotABzImage) {
   EXPECT_THAT(std::string(ParseBzImage(FakeBzImage(0x0204)).status().message()),
               testing::HasSubstr("2.04 is too old"));
   EXPECT_FALSE(ParseBzImage(std::vector<uint8_t>(100, 0)).ok());
+}
+
+// Files holding given bytes, in a folder of their own that goes with the test.
+class TempFiles {
+ public:
+  TempFiles() {
+    char dir[] = "/tmp/lmig-boot-XXXXXX";
+    dir_ = mkdtemp(dir);
+  }
+  ~TempFiles() { std::filesystem::remove_all(dir_); }
+  std::string Write(const std::vector<uint8_t>& bytes, const char* name) {
+    const std::string path = dir_ + "/" + name;
+    std::ofstream(path, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()),
+               static_cast<std::streamsize>(bytes.size()));
+    return path;
+  }
+
+ private:
+  std::string dir_;
+};
+
+TEST(LoadLinux, LaysOutKernelInitrdCmdlineAndTablesAndSaysWhereToStart) {
+  std::vector<uint8_t> image = FakeBzImage();
+  const size_t payload_at = 40 * 512;
+  std::memcpy(&image[payload_at], "KERNEL", 6);
+  TempFiles files;
+  const std::string kernel = files.Write(image, "bzImage");
+  const std::string initrd = files.Write(std::vector<uint8_t>(5000, 0x5a), "initrd");
+  const RamLayout ram = RamLayoutFor(128ull << 20);
+  std::vector<uint8_t> mem(ram.low_size, 0);
+  auto entry = LoadLinux({kernel, initrd, "console=ttyS0 quiet"}, mem, ram, 2);
+  ASSERT_TRUE(entry.ok()) << entry.status();
+  EXPECT_TRUE(entry->long_mode);
+  EXPECT_EQ(entry->rip, kKernelStart + kKernel64EntryOffset);
+  EXPECT_EQ(std::memcmp(&mem[kKernelStart], "KERNEL", 6), 0);
+  EXPECT_STREQ(reinterpret_cast<const char*>(&mem[kCmdlineStart]), "console=ttyS0 quiet");
+  boot_params bp;
+  std::memcpy(&bp, &mem[kBootParamsStart], sizeof(bp));
+  ASSERT_EQ(bp.hdr.ramdisk_size, 5000u);
+  EXPECT_EQ(mem[bp.hdr.ramdisk_image], 0x5a);
+  EXPECT_EQ(mem[bp.hdr.ramdisk_image + 4999], 0x5a);
+  EXPECT_EQ(bp.hdr.cmd_line_ptr, kCmdlineStart);
+  EXPECT_EQ(std::memcmp(&mem[kAcpiTablesStart], "RSD PTR ", 8), 0);
+  EXPECT_EQ(std::memcmp(&mem[kEbdaStart], "_MP_", 4), 0);
+}
+
+TEST(LoadLinux, BadInputIsNamed) {
+  TempFiles files;
+  const RamLayout ram = RamLayoutFor(128ull << 20);
+  std::vector<uint8_t> mem(ram.low_size, 0);
+  auto missing = LoadLinux({"/nonexistent/bzImage", "", ""}, mem, ram, 1);
+  EXPECT_THAT(std::string(missing.status().message()),
+              testing::HasSubstr("kernel /nonexistent/bzImage: No such file"));
+  const std::string elf = files.Write(std::vector<uint8_t>(0x4000, 0x7f), "vmlinux");
+  EXPECT_THAT(std::string(LoadLinux({elf, "", ""}, mem, ram, 1).status().message()),
+              testing::HasSubstr("kernel " + elf + ": not a bzImage"));
+  const std::string kernel = files.Write(FakeBzImage(), "bzImage");
+  const RamLayout tiny = RamLayoutFor(32ull << 20);
+  std::vector<uint8_t> small(tiny.low_size, 0);
+  EXPECT_THAT(std::string(LoadLinux({kernel, "", ""}, small, tiny, 1).status().message()),
+              testing::HasSubstr("--mem 32MiB is too small for kernel"));
+  EXPECT_THAT(std::string(LoadLinux({kernel, "", std::string(3000, 'x')}, mem, ram, 1)
+                              .status()
+                              .message()),
+              testing::HasSubstr("--cmdline is 3000 bytes; the kernel accepts at most 2047"));
 }
 
 TEST(E820, SmallGuestIsOneLowRegion) {

@@ -3,7 +3,13 @@
 #include <algorithm>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "include/lmig/status.h"
+#include "src/arch/x86_64/acpi.h"
+#include "src/arch/x86_64/cpu.h"
+#include "src/arch/x86_64/mptable.h"
+#include "src/base/file.h"
 
 namespace lmig::x86 {
 namespace {
@@ -135,6 +141,64 @@ boot_params BuildBootParams(const BzImage& k, const std::vector<E820Entry>& e820
   }
   bp.e820_entries = static_cast<uint8_t>(n);
   return bp;
+}
+
+absl::StatusOr<BootEntry> LoadLinux(const BootConfig& boot, std::span<uint8_t> low,
+                                    const RamLayout& ram, int num_cpus) {
+  ASSIGN_OR_RETURN(std::vector<uint8_t> image, ReadFile(boot.kernel, "kernel"));
+  auto parsed = ParseBzImage(image);
+  if (!parsed.ok()) {
+    return Annotate(parsed.status(), absl::StrCat("kernel ", boot.kernel));
+  }
+  const BzImage& k = *parsed;
+  if (ram.total() < MinimumMemory(k)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--mem %dMiB is too small for kernel %s: it needs at least %dMiB", ram.total() >> 20,
+        boot.kernel, (MinimumMemory(k) + (1 << 20) - 1) >> 20));
+  }
+  std::memcpy(&low[kKernelStart], image.data() + k.payload_offset, k.payload_size);
+
+  uint64_t initrd_addr = 0, initrd_size = 0;
+  if (!boot.initrd.empty()) {
+    ASSIGN_OR_RETURN(std::vector<uint8_t> initrd, ReadFile(boot.initrd, "initrd"));
+    auto addr = PlaceInitrd(k, ram, initrd.size());
+    if (!addr.ok()) {
+      return Annotate(addr.status(), absl::StrCat("initrd ", boot.initrd));
+    }
+    initrd_addr = *addr;
+    initrd_size = initrd.size();
+    std::memcpy(&low[initrd_addr], initrd.data(), initrd.size());
+  }
+  if (boot.cmdline.size() + 1 > std::min<uint64_t>(k.cmdline_size + 1, kCmdlineMax)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--cmdline is %d bytes; the kernel accepts at most %d", boot.cmdline.size(),
+        k.cmdline_size));
+  }
+  std::memcpy(&low[kCmdlineStart], boot.cmdline.c_str(), boot.cmdline.size() + 1);
+
+  const boot_params bp = BuildBootParams(k, BuildE820(ram), initrd_addr, initrd_size);
+  std::memcpy(&low[kBootParamsStart], &bp, sizeof(bp));
+
+  ASSIGN_OR_RETURN(MpTables mp, BuildMpTables(num_cpus));
+  std::memcpy(&low[kEbdaStart], mp.floating_pointer.data(), mp.floating_pointer.size());
+  static_assert(kAcpiTablesStart > kMpConfigStart);
+  if (mp.config_table.size() > kAcpiTablesStart - kMpConfigStart) {
+    return absl::InternalError("MP configuration table overlaps the ACPI tables");
+  }
+  std::memcpy(&low[kMpConfigStart], mp.config_table.data(), mp.config_table.size());
+  const std::vector<uint8_t> acpi = BuildAcpiTables(kAcpiTablesStart, num_cpus);
+  std::memcpy(&low[kAcpiTablesStart], acpi.data(), acpi.size());
+  const uint16_t ebda_segment = kEbdaStart >> 4;
+  std::memcpy(&low[kBdaEbdaPointer], &ebda_segment, 2);
+
+  BootEntry entry;
+  entry.long_mode = k.Supports64BitEntry();
+  WriteBootGdt(low, entry.long_mode);
+  if (entry.long_mode) {
+    WriteBootPageTables(low);
+  }
+  entry.rip = entry.long_mode ? kKernelStart + kKernel64EntryOffset : k.code32_start;
+  return entry;
 }
 
 }  // namespace lmig::x86

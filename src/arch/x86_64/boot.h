@@ -1,5 +1,7 @@
 // Linux x86 boot protocol (Documentation/arch/x86/boot.rst): bzImage parsing, the zero page,
-// the e820 map and the command line. Pure functions over byte spans, unit-tested without KVM.
+// the e820 map and the command line, and LoadLinux, which lays a kernel and initramfs out in
+// guest memory with the MP and ACPI tables. Functions over byte spans (LoadLinux also reads
+// the files), unit-tested without KVM.
 #pragma once
 
 #include <asm/bootparam.h>
@@ -59,5 +61,26 @@ uint64_t MinimumMemory(const BzImage& k);
 // initramfs at INITRD_ADDR/INITRD_SIZE (0 size: none).
 boot_params BuildBootParams(const BzImage& k, const std::vector<E820Entry>& e820,
                             uint64_t initrd_addr, uint64_t initrd_size);
+
+// What to boot.
+struct BootConfig {
+  std::string kernel;
+  std::string initrd;  // may be empty
+  std::string cmdline;
+};
+
+// Where the boot vCPU starts: RIP, in 64-bit mode (with the boot page tables) or 32-bit
+// protected mode.
+struct BootEntry {
+  uint64_t rip = 0;
+  bool long_mode = false;
+};
+
+// Reads BOOT's kernel and initramfs and writes them into LOW (guest RAM from address 0, laid
+// out as RAM says), with the command line, the zero page, MP and ACPI tables for NUM_CPUS,
+// the boot GDT and, for a 64-bit entry, the boot page tables. Errors name the file or flag:
+// "kernel /x: not a bzImage ...", "--mem 64MiB is too small for kernel /x ...".
+absl::StatusOr<BootEntry> LoadLinux(const BootConfig& boot, std::span<uint8_t> low,
+                                    const RamLayout& ram, int num_cpus);
 
 }  // namespace lmig::x86

@@ -42,6 +42,9 @@ inline constexpr uint64_t kKernel64EntryOffset = 0x200;  // boot.rst: startup_64
 inline constexpr uint64_t kInitrdPreferred = 0x0f000000;
 inline constexpr uint64_t kMmioHoleStart = 0xc0000000;  // 3 GiB
 inline constexpr uint64_t k4GiB = 0x100000000;
+// KVM_SET_TSS_ADDR: three pages KVM keeps for itself (real-mode emulation on Intel), in the
+// MMIO hole above the LAPIC, where no RAM or device is.
+inline constexpr uint64_t kTssAddress = 0xfffbd000;
 inline constexpr uint64_t kIoapicAddress = 0xfec00000;
 inline constexpr uint64_t kLapicAddress = 0xfee00000;
 
