@@ -41,7 +41,7 @@ inline proto::Hello ValidHello(uint64_t mem, proto::TransportKind transport =
   h.mem_size = mem;
   h.num_cpus = 1;
   h.transport = static_cast<uint32_t>(transport);
-  h.dirty_mode = 1;
+  h.dirty_mode = proto::DirtyMode::kRing;
   h.auth = static_cast<uint32_t>(auth);
   return h;
 }

@@ -1,4 +1,5 @@
-// The lmig-rdma migration wire protocol, version 1. Shared by the TCP and RDMA transports.
+// The lmig-rdma migration wire protocol (its version: kVersion below). Shared by the TCP and
+// RDMA transports.
 //
 // Message sequence (src = source, dst = destination):
 //
@@ -51,6 +52,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "include/lmig/limits.h"
 
 namespace lmig::proto {
 
@@ -64,8 +66,8 @@ inline constexpr uint32_t kVersion = 7;
 // sends a byte. Without it a refused source could see only a reset on its next send.
 inline constexpr char kTlsAccepted[16] = {'l', 'm', 'i', 'g', ' ', 't', 'l', 's',
                                           ' ', 'a', 'c', 'c', 'e', 'p', 't', '\n'};
-inline constexpr uint64_t kPageSize = 4096;
-inline constexpr uint32_t kMaxVcpus = 64;
+using lmig::kMaxVcpus;
+using lmig::kPageSize;
 // Pre-copy rounds, final included: a source's --max-rounds is capped by this, and the
 // destination refuses a round number beyond it (its per-round statistics stay bounded).
 inline constexpr uint32_t kMaxRounds = 1000;
@@ -120,6 +122,9 @@ enum Features : uint32_t {
   kKnownFeatures = kFeatureVerifyMemory,
 };
 
+// How the source tracks dirty pages; MachineConfig and HELLO share it (u32 on the wire).
+enum class DirtyMode : uint32_t { kRing = 1, kBitmap = 2 };
+
 struct Hello {
   uint32_t version;
   uint32_t page_size;
@@ -127,7 +132,7 @@ struct Hello {
   uint32_t num_cpus;
   uint32_t features;
   uint32_t transport;    // TransportKind
-  uint32_t dirty_mode;   // 1 ring, 2 bitmap (informational)
+  DirtyMode dirty_mode;  // informational
   uint32_t auth;         // AuthMode
   uint32_t reserved;     // 0
   uint8_t nonce[32];     // the source's fresh nonce (AuthMode::kPsk)
@@ -262,7 +267,7 @@ uint64_t MemoryDigest(std::span<const uint8_t> mem);
 
 // What a destination is willing to take on.
 struct HelloLimits {
-  uint64_t max_mem = 1ull << 40;  // bytes of guest memory
+  uint64_t max_mem = kMaxGuestMemory;  // bytes of guest memory
   AuthMode auth = AuthMode::kNone;  // what this destination requires
   TransportKind transport = TransportKind::kInvalid;  // kInvalid: any
 };

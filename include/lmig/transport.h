@@ -15,16 +15,11 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "include/lmig/protocol.h"
+#include "include/lmig/ram_range.h"
 
 namespace lmig {
 
 class TlsConfig;  // transport/tcp/tls.h
-
-// A contiguous run of guest RAM: [offset, offset + length).
-struct RamRange {
-  uint64_t offset;
-  uint64_t length;
-};
 
 struct TransportOptions {
   std::string rdma_device;                // empty: whichever device owns the address

@@ -17,7 +17,7 @@ absl::StatusOr<MachineConfig> MachineConfigFromFlags(const VmFlags& f) {
     return absl::InvalidArgumentError(
         absl::StrFormat("--mem %s: must be a multiple of 4K and at least 16M", f.mem));
   }
-  if (c.mem_size > (1ull << 40)) {
+  if (c.mem_size > kMaxGuestMemory) {
     return absl::InvalidArgumentError(absl::StrFormat("--mem %s: more than 1T", f.mem));
   }
   if (f.cpus < 1 || f.cpus > 64) {

@@ -365,7 +365,7 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
     MachineConfig c;
     c.mem_size = h.mem_size;
     c.num_cpus = static_cast<int>(h.num_cpus);
-    c.dirty_mode = h.dirty_mode == 2 ? DirtyMode::kBitmap : DirtyMode::kRing;
+    c.dirty_mode = h.dirty_mode;
     c.kvm_path = flags.kvm_path;
     ASSIGN_OR_RETURN(rt, VmRuntime::Create(c));
     vm = std::make_unique<MachineVm>(rt->machine.get(), [&](Machine* m) -> absl::Status {

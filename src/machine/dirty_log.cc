@@ -26,9 +26,9 @@ absl::Status DirtyLog::Start() {
     // Initially-all-set: clear (write-protect) everything now, so Collect reports only writes
     // that happen from here on, as with the ring.
     for (const MemorySlot& s : mem_.slots()) {
-      std::vector<uint64_t> all((s.size / GuestMemory::kPageSize + 63) / 64, ~0ull);
+      std::vector<uint64_t> all((s.size / kPageSize + 63) / 64, ~0ull);
       RETURN_IF_ERROR(vm_.ClearDirtyLog(
-          s.id, 0, static_cast<uint32_t>(s.size / GuestMemory::kPageSize), all.data()));
+          s.id, 0, static_cast<uint32_t>(s.size / kPageSize), all.data()));
     }
   }
   return absl::OkStatus();
@@ -50,7 +50,7 @@ uint64_t DirtyLog::HarvestRing(int vcpu) {
     }
     const uint32_t slot = e.slot & 0xffff;  // low 16 bits: slot id (address space 0)
     if (slot < slots.size()) {
-      pending_.Set(slots[slot].ram_offset / GuestMemory::kPageSize + e.offset);
+      pending_.Set(slots[slot].ram_offset / kPageSize + e.offset);
     }
     __atomic_store_n(&e.flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
     ++fetch_index_[vcpu];
@@ -77,11 +77,11 @@ absl::Status DirtyLog::Collect(PageBitmap& out) {
     RETURN_IF_ERROR(vm_.ResetDirtyRings());
   } else {
     for (const MemorySlot& s : mem_.slots()) {
-      const uint64_t pages = s.size / GuestMemory::kPageSize;
+      const uint64_t pages = s.size / kPageSize;
       std::vector<uint64_t> bits((pages + 63) / 64, 0);
       RETURN_IF_ERROR(vm_.GetDirtyLog(s.id, bits.data()));
       RETURN_IF_ERROR(vm_.ClearDirtyLog(s.id, 0, static_cast<uint32_t>(pages), bits.data()));
-      pending_.OrWords(s.ram_offset / GuestMemory::kPageSize, bits.data(), pages);
+      pending_.OrWords(s.ram_offset / kPageSize, bits.data(), pages);
     }
   }
   auto& dst = out.words();

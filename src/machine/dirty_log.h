@@ -10,12 +10,13 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "include/lmig/protocol.h"
 #include "src/kvm/kvm.h"
 #include "src/machine/guest_memory.h"
 
 namespace lmig {
 
-enum class DirtyMode { kRing, kBitmap };
+using DirtyMode = proto::DirtyMode;
 
 class DirtyLog {
  public:

@@ -66,14 +66,14 @@ uint64_t PageBitmap::Count() const {
   return c;
 }
 
-std::vector<RamRun> CoalesceRuns(const PageBitmap& bits, uint64_t max_run) {
-  std::vector<RamRun> runs;
-  const uint64_t max_pages = std::max<uint64_t>(1, max_run / GuestMemory::kPageSize);
+std::vector<RamRange> CoalesceRuns(const PageBitmap& bits, uint64_t max_run) {
+  std::vector<RamRange> runs;
+  const uint64_t max_pages = std::max<uint64_t>(1, max_run / kPageSize);
   const auto& words = bits.words();
   uint64_t start = 0, len = 0;
   auto flush = [&] {
     if (len > 0) {
-      runs.push_back({start * GuestMemory::kPageSize, len * GuestMemory::kPageSize});
+      runs.push_back({start * kPageSize, len * kPageSize});
       len = 0;
     }
   };

@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "include/lmig/limits.h"
+#include "include/lmig/ram_range.h"
 #include "src/arch/x86_64/layout.h"
 #include "src/base/unique_fd.h"
 
@@ -22,8 +24,6 @@ struct MemorySlot {
 
 class GuestMemory {
  public:
-  static constexpr uint64_t kPageSize = 4096;
-
   // Maps SIZE bytes (MAP_NORESERVE: untouched memory costs nothing and reads as zero).
   static absl::StatusOr<GuestMemory> Create(uint64_t size);
 
@@ -66,14 +66,7 @@ class PageBitmap {
   uint64_t n_;
 };
 
-// A contiguous run of RAM: [offset, offset + length), both page aligned.
-struct RamRun {
-  uint64_t offset;
-  uint64_t length;
-  bool operator==(const RamRun&) const = default;
-};
-
-// Coalesces the set pages of BITS into runs no longer than MAX_RUN bytes.
-std::vector<RamRun> CoalesceRuns(const PageBitmap& bits, uint64_t max_run);
+// Coalesces the set pages of BITS into runs (page aligned) no longer than MAX_RUN bytes.
+std::vector<RamRange> CoalesceRuns(const PageBitmap& bits, uint64_t max_run);
 
 }  // namespace lmig

@@ -33,9 +33,9 @@ Machine::~Machine() { runner_.Shutdown(); }
 
 absl::StatusOr<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config,
                                                          ConsoleBuffer* console) {
-  if (config.num_cpus < 1 || config.num_cpus > x86::kMaxVcpus) {
+  if (config.num_cpus < 1 || static_cast<uint32_t>(config.num_cpus) > kMaxVcpus) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("--cpus %d: must be 1..%d", config.num_cpus, x86::kMaxVcpus));
+        absl::StrFormat("--cpus %d: must be 1..%d", config.num_cpus, kMaxVcpus));
   }
   ASSIGN_OR_RETURN(Kvm kvm, Kvm::Open(config.kvm_path));
   for (auto [cap, name] : {std::pair<long, const char*>{KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"},

@@ -286,7 +286,7 @@ absl::Status CheckHello(const Hello& h, const HelloLimits& limits) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "protocol version mismatch: source speaks %d, this destination %d", h.version, kVersion));
   }
-  if (h.page_size != 4096) {
+  if (h.page_size != kPageSize) {
     return absl::FailedPreconditionError(
         absl::StrFormat("page size mismatch: source %d, destination 4096", h.page_size));
   }
@@ -307,8 +307,9 @@ absl::Status CheckHello(const Hello& h, const HelloLimits& limits) {
     return absl::FailedPreconditionError(
         absl::StrFormat("unknown feature bits 0x%x in HELLO", h.features & ~kKnownFeatures));
   }
-  if (h.dirty_mode != 1 && h.dirty_mode != 2) {
-    return absl::InvalidArgumentError(absl::StrFormat("bad dirty mode %d", h.dirty_mode));
+  if (h.dirty_mode != DirtyMode::kRing && h.dirty_mode != DirtyMode::kBitmap) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("bad dirty mode %d", static_cast<uint32_t>(h.dirty_mode)));
   }
   if (limits.transport != TransportKind::kInvalid &&
       h.transport != static_cast<uint32_t>(limits.transport)) {

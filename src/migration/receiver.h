@@ -63,7 +63,7 @@ class IncomingVm {
 struct ReceiverOptions {
   // The pre-shared key (not owned; null: unauthenticated, for loopback or --insecure).
   const crypto::Psk* psk = nullptr;
-  uint64_t max_mem = 1ull << 40;                  // --max-mem
+  uint64_t max_mem = kMaxGuestMemory;                 // --max-mem
   absl::Duration hello_timeout = absl::Seconds(10);
   absl::Duration phase_timeout = absl::Seconds(30);  // final round -> COMPLETE
   // The whole migration; zero: derived from the announced memory (MaxTimeFor).

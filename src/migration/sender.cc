@@ -15,7 +15,7 @@
 namespace lmig {
 namespace {
 
-constexpr uint64_t kPage = GuestMemory::kPageSize;
+constexpr uint64_t kPage = kPageSize;
 constexpr uint64_t kBatchBytes = 8ull << 20;  // ranges handed to the transport per call
 // Dry runs of the pause's first steps (one after each of the first rounds): their spread is
 // part of the estimate's error.
@@ -81,7 +81,7 @@ absl::Status MigrationSender::Handshake() {
   h.num_cpus = static_cast<uint32_t>(m_->num_vcpus());
   h.features = opts_.verify_memory ? static_cast<uint32_t>(proto::kFeatureVerifyMemory) : 0u;
   h.transport = static_cast<uint32_t>(t_->kind());
-  h.dirty_mode = m_->config().dirty_mode == DirtyMode::kRing ? 1 : 2;
+  h.dirty_mode = m_->config().dirty_mode;
   crypto::Nonce nonce{};
   if (opts_.psk != nullptr) {
     ASSIGN_OR_RETURN(nonce, crypto::NewNonce());
@@ -162,11 +162,11 @@ absl::StatusOr<MonoClock::time_point> MigrationSender::SendRound(int round,
                                                                  bool final_round, int throttle,
                                                                  MigrationStats& stats) {
   const absl::Time start = absl::Now();
-  const std::vector<RamRun> runs = CoalesceRuns(pages, opts_.max_run_bytes);
+  const std::vector<RamRange> runs = CoalesceRuns(pages, opts_.max_run_bytes);
   uint64_t bytes = 0, batch_bytes = 0;
   std::vector<RamRange> batch;
   absl::Time last_alive = start;
-  for (const RamRun& r : runs) {
+  for (const RamRange& r : runs) {
     batch.push_back({r.offset, r.length});
     batch_bytes += r.length;
     if (batch_bytes >= kBatchBytes) {

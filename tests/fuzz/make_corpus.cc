@@ -40,7 +40,7 @@ proto::Hello ValidHello(uint32_t cpus, proto::TransportKind transport) {
   h.num_cpus = cpus;
   h.features = proto::kFeatureVerifyMemory;
   h.transport = static_cast<uint32_t>(transport);
-  h.dirty_mode = 1;
+  h.dirty_mode = proto::DirtyMode::kRing;
   return h;
 }
 

@@ -65,7 +65,7 @@ TEST(Protocol, HelloChecksVersionPageSizeAndKey) {
   h.page_size = 4096;
   h.mem_size = 512ull << 20;
   h.num_cpus = 2;
-  h.dirty_mode = 1;
+  h.dirty_mode = proto::DirtyMode::kRing;
   h.transport = static_cast<uint32_t>(proto::TransportKind::kTcp);
   h.auth = static_cast<uint32_t>(proto::AuthMode::kPsk);
   EXPECT_TRUE(proto::CheckHello(h, Limits("psk")).ok());
@@ -93,7 +93,7 @@ TEST(Protocol, HelloChecksVersionPageSizeAndKey) {
   EXPECT_THAT(std::string(proto::CheckHello(v, Limits("psk")).message()),
               testing::HasSubstr("unknown feature"));
   v = h;
-  v.dirty_mode = 7;
+  v.dirty_mode = static_cast<proto::DirtyMode>(7);
   EXPECT_FALSE(proto::CheckHello(v, Limits("psk")).ok());
   proto::HelloLimits rdma_only = Limits("psk");
   rdma_only.transport = proto::TransportKind::kRdma;
@@ -108,7 +108,7 @@ TEST(Protocol, HelloBeyondMaxMemIsRefusedNamingBothSizes) {
   h.page_size = 4096;
   h.mem_size = 1ull << 40;
   h.num_cpus = 1;
-  h.dirty_mode = 1;
+  h.dirty_mode = proto::DirtyMode::kRing;
   const absl::Status s = proto::CheckHello(h, Limits("", 2ull << 30));
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(s.message()), testing::HasSubstr("1048576 MiB"));
@@ -168,10 +168,10 @@ TEST(Coalesce, MergesContiguousPagesUpToTheCap) {
   }
   auto runs = CoalesceRuns(b, 1 << 20);
   ASSERT_EQ(runs.size(), 4u);
-  EXPECT_EQ(runs[0], (RamRun{4096, 3 * 4096}));
-  EXPECT_EQ(runs[1], (RamRun{10 * 4096, 4096}));
-  EXPECT_EQ(runs[2], (RamRun{63 * 4096, 3 * 4096}));  // across a bitmap word
-  EXPECT_EQ(runs[3], (RamRun{999 * 4096, 4096}));
+  EXPECT_EQ(runs[0], (RamRange{4096, 3 * 4096}));
+  EXPECT_EQ(runs[1], (RamRange{10 * 4096, 4096}));
+  EXPECT_EQ(runs[2], (RamRange{63 * 4096, 3 * 4096}));  // across a bitmap word
+  EXPECT_EQ(runs[3], (RamRange{999 * 4096, 4096}));
   PageBitmap all(100);
   all.SetAll();
   EXPECT_EQ(all.Count(), 100u);

@@ -17,9 +17,11 @@
 
 #include <cstdint>
 
+#include "include/lmig/limits.h"
+
 namespace lmig::x86 {
 
-inline constexpr uint64_t kPageSize = 4096;
+using lmig::kPageSize;
 
 inline constexpr uint64_t kGdtStart = 0x500;
 inline constexpr uint64_t kIdtStart = 0x520;
@@ -65,7 +67,7 @@ inline constexpr uint16_t kAcpiPm1EventPort = 0x600;
 inline constexpr uint16_t kAcpiPm1ControlPort = 0x604;
 inline constexpr uint8_t kAcpiSciIrq = 9;
 
-inline constexpr int kMaxVcpus = 64;
+using lmig::kMaxVcpus;
 
 // Guest RAM split around the MMIO hole: [0, low) and, above 3 GiB of RAM, [4 GiB, 4 GiB + high).
 struct RamLayout {

@@ -26,7 +26,7 @@ constexpr uint8_t kIoapicVersion = 0x11;
 uint8_t MpChecksum(const std::vector<uint8_t>& bytes) { return ByteSum(bytes); }
 
 absl::StatusOr<MpTables> BuildMpTables(int num_cpus) {
-  if (num_cpus < 1 || num_cpus > kMaxVcpus) {
+  if (num_cpus < 1 || static_cast<uint32_t>(num_cpus) > kMaxVcpus) {
     return absl::InvalidArgumentError(
         absl::StrFormat("MP table: %d CPUs, must be 1..%d", num_cpus, kMaxVcpus));
   }
