@@ -13,6 +13,7 @@
 #include "include/lmig/transport.h"
 #include "src/cli/commands.h"
 #include "src/cli/options.h"
+#include "src/base/thread_model.h"
 #include "src/cli/vm_setup.h"
 #include "src/crypto/psk.h"
 #include "src/migration/machine_vm.h"
@@ -217,6 +218,7 @@ class OutgoingMigration {
         authenticated ? ProtectionOf(flags_.transport, psk_ ? &*psk_ : nullptr, topts_.tls.get())
                       : "; no --psk-file: neither authenticated nor encrypted"));
     worker_ = std::thread([this] {
+      NameThisThread("migration");
       absl::Status result;
       auto t = ConnectTransport(kind_, peer_.host, peer_.port, topts_);
       if (!t.ok()) {

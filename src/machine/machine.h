@@ -8,6 +8,7 @@
 // stop-and-copy and dry-run saves), SetThrottle and the dirty log; Describe pauses for its
 // moment; RequestStop comes from any thread (vCPU threads and device callbacks included).
 // State save/restore happens only while the vCPUs are parked (Pause) or not yet started.
+// src/base/thread_model.h has the whole thread map.
 #pragma once
 
 #include <memory>

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "src/base/thread_model.h"
 
 namespace lmig {
 namespace {
@@ -109,9 +110,7 @@ absl::Status VcpuRunner::StartPaused() {
 
 void VcpuRunner::VcpuLoop(int index) {
   VcpuFd& vcpu = *vcpus_[index];
-  char name[16];
-  std::snprintf(name, sizeof(name), "vcpu%d", index);
-  pthread_setname_np(pthread_self(), name);
+  NameThisThread("vcpu" + std::to_string(index));
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, kKickSignal);
@@ -219,7 +218,7 @@ void VcpuRunner::SetThrottle(int pct) {
 }
 
 void VcpuRunner::ThrottleLoop() {
-  pthread_setname_np(pthread_self(), "throttle");
+  NameThisThread("throttle");
   while (throttle_pct_.load() > 0 && !stop_.load()) {
     {
       std::lock_guard<std::mutex> lock(mu_);

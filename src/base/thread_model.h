@@ -1,0 +1,43 @@
+// The thread model: which thread owns what, and which calls each may make. Every class that
+// is touched from more than one thread says so in its own header too; this is the whole map.
+//
+// main thread (`run`, `src`, `dst`): the session reactor (src/cli/session.h), an io_uring
+//   that drives the guest console (UART output to stdout, stdin to the UART), the stop
+//   signals (a signalfd; every thread blocks them, see BlockStopSignals), the machine's stop
+//   event and the messages other threads Post to it. It owns the Machine: creates it, loads
+//   the kernel, Start, Join, and it prints the report. On `dst` it first runs the incoming
+//   migration itself (MigrationReceiver, with the transport's own io_uring or completion
+//   queue) and starts the session reactor once the guest has resumed.
+//
+// migration thread (`src`, one per attempt, src/cli/migrate_commands.cc): runs
+//   MigrationSender over its transport, which it owns with that transport's io_uring or
+//   verbs objects; nothing else touches them. It may call Machine::Pause/Resume,
+//   SetThrottle, SaveState and the DirtyLog (Start/Collect/Stop), and reads guest memory
+//   (racing the vCPUs' writes, which dirty tracking catches). It reports only by
+//   Session::Post and progress lines on stderr; the session thread joins it before the next
+//   attempt.
+//
+// vCPU threads (one per vCPU, src/machine/vcpu_runner.h, named "vcpuN"): KVM_RUN and each
+//   exit: port I/O into the devices (each locks itself), DirtyLog::HarvestRingFull when the
+//   ring fills, RequestStop. Only they unblock the kick signal (SIGUSR1), which makes KVM_RUN
+//   return; they park under the runner's mutex while paused.
+//
+// throttle thread ("throttle", while --throttle or the auto-converge throttle is on): kicks
+//   the vCPUs every 10 ms so that each sleeps its share; it touches nothing else.
+//
+// Parallel streams (--streams, to come) add one reactor thread per stream, pinned to a core,
+// owning that stream's connection; the migration thread hands them work by message.
+#pragma once
+
+#include <pthread.h>
+
+#include <string>
+
+namespace lmig {
+
+// Names the calling thread as `top` and debuggers show it (at most 15 characters kept).
+inline void NameThisThread(const std::string& name) {
+  pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+}
+
+}  // namespace lmig
