@@ -19,7 +19,8 @@
 
 namespace lmig {
 
-class TlsConfig;  // transport/tcp/tls.h
+class Cancellation;  // src/reactor/cancellation.h
+class TlsConfig;     // transport/tcp/tls.h
 
 struct TransportOptions {
   std::string rdma_device;                // empty: whichever device owns the address
@@ -30,6 +31,9 @@ struct TransportOptions {
   // TCP: TLS 1.3 over the whole connection, page data included (null: none). The handshake
   // runs at the first Send or Receive, under that call's deadline.
   std::shared_ptr<const TlsConfig> tls;
+  // Once cancelled (from any thread: SIGINT/SIGTERM on the destination), every wait of the
+  // listener and its connections fails at once with the cancellation's status. Null: never.
+  std::shared_ptr<const Cancellation> cancel;
 };
 
 struct TransportStats {

@@ -134,11 +134,25 @@ absl::Status Reactor::Run() {
   return absl::OkStatus();
 }
 
-absl::Status Reactor::RunUntil(const std::function<bool()>& pred) {
+absl::Status Reactor::RunUntil(const std::function<bool()>& pred, bool cancellable) {
   while (!pred()) {
+    if (cancellable && cancel_ != nullptr && cancel_->cancelled()) {
+      return cancel_->status();
+    }
     RETURN_IF_ERROR(Step(true));
   }
   return absl::OkStatus();
+}
+
+void Reactor::WatchCancellation(std::shared_ptr<const Cancellation> cancel) {
+  cancel_ = std::move(cancel);
+  if (cancel_ == nullptr || cancel_poll_armed_) {
+    return;
+  }
+  // The eventfd stays readable once cancelled, so one poll is enough: it completes then and
+  // wakes the wait, and RunUntil sees the flag.
+  cancel_poll_armed_ = true;
+  PollIn(cancel_->fd(), [this](int, uint32_t) { cancel_poll_armed_ = false; });
 }
 
 }  // namespace lmig

@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "src/reactor/cancellation.h"
 
 namespace lmig {
 
@@ -40,10 +41,16 @@ class Reactor {
   // if io_uring itself fails.
   absl::Status Run();
   // Processes completions until PRED() is true (used by synchronous transport calls).
-  absl::Status RunUntil(const std::function<bool()>& pred);
+  // Fails with the cancellation's status once a watched Cancellation is cancelled, unless
+  // CANCELLABLE is false (a bounded drain of operations still in flight, which must finish).
+  absl::Status RunUntil(const std::function<bool()>& pred, bool cancellable = true);
+  // From now on RunUntil fails as soon as CANCEL is cancelled (from any thread), even while it
+  // waits: the reactor keeps a poll on its eventfd, which in_flight() does not count. Null:
+  // nothing to watch.
+  void WatchCancellation(std::shared_ptr<const Cancellation> cancel);
   void Stop() { stopped_ = true; }
   bool stopped() const { return stopped_; }
-  size_t in_flight() const { return in_flight_; }
+  size_t in_flight() const { return in_flight_ - (cancel_poll_armed_ ? 1 : 0); }
 
  private:
   struct Completion;
@@ -57,6 +64,8 @@ class Reactor {
   io_uring_probe* probe_ = nullptr;
   // Every Completion not yet reaped: what the destructor frees of operations still in flight.
   std::unordered_set<Completion*> live_;
+  std::shared_ptr<const Cancellation> cancel_;
+  bool cancel_poll_armed_ = false;
 };
 
 }  // namespace lmig

@@ -277,7 +277,13 @@ class TcpTransport : public Transport {
                                  timer->done = true;
                                }),
                                &timeout_, 0);
-    RETURN_IF_ERROR(reactor_->RunUntil([&] { return st->done && timer->done; }));
+    if (absl::Status s = reactor_->RunUntil([&] { return st->done && timer->done; });
+        !s.ok()) {
+      // Cancelled (or io_uring failed): the connection is over. Shutting the socket down ends
+      // the operation still in flight at once, so the destructor's drain does not wait.
+      ::shutdown(sock_.get(), SHUT_RDWR);
+      return s;
+    }
     // A kernel TLS receive that the timer interrupts ends with EINTR rather than ECANCELED.
     if (st->result == -ECANCELED || st->result == -ETIME ||
         (st->result == -EINTR && timer->result == -ETIME)) {
@@ -311,20 +317,20 @@ class TcpTransport : public Transport {
   // For the TLS paths (non-blocking socket): waits for the socket under Limit().
   TlsChannel::WaitFn SocketWait(std::string what) {
     return [this, what = std::move(what)](short events) -> absl::Status {
+      bool deadline_binds = false;
+      const absl::Time until = absl::Now() + Limit(deadline_binds);
       for (;;) {
-        bool deadline_binds = false;
-        const absl::Duration limit = Limit(deadline_binds);
-        pollfd p{sock_.get(), events, 0};
-        const int r = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(
-                                        absl::ToInt64Milliseconds(limit) + 1, 1 << 30)));
-        if (r > 0) {
+        const absl::Duration left = std::max(absl::ZeroDuration(), until - absl::Now());
+        ASSIGN_OR_RETURN(const bool ready,
+                         PollOrCancel(sock_.get(), events,
+                                      static_cast<int>(std::min<int64_t>(
+                                          absl::ToInt64Milliseconds(left) + 1, 1 << 30)),
+                                      opts_.cancel.get(), peer_));
+        if (ready) {
           return absl::OkStatus();
         }
-        if (r == 0) {
+        if (absl::Now() >= until) {
           return TimedOut(deadline_binds, what);
-        }
-        if (errno != EINTR) {
-          return ErrnoStatus(absl::StrFormat("poll (%s)", peer_));
         }
       }
     };
@@ -363,7 +369,8 @@ class TcpTransport : public Transport {
     // In flight besides our own timer (which counts until it fires).
     const auto others = [&] { return reactor_->in_flight() - (*expired ? 0 : 1); };
     absl::Status s =
-        reactor_->RunUntil([&] { return (zc_pending_ == 0 && others() == 0) || *expired; });
+        reactor_->RunUntil([&] { return (zc_pending_ == 0 && others() == 0) || *expired; },
+                           /*cancellable=*/false);
     return s.ok() && zc_pending_ == 0;
   }
 

@@ -60,19 +60,16 @@ class TcpListener : public Listener {
     // A connection already waiting is taken even when the deadline has passed.
     for (;;) {
       const absl::Duration left = std::max(absl::ZeroDuration(), deadline - absl::Now());
-      pollfd p{sock_.get(), POLLIN, 0};
       const int ms = deadline == absl::InfiniteFuture()
                          ? -1
                          : static_cast<int>(std::min<int64_t>(
                                absl::ToInt64Milliseconds(left), 1 << 30));
-      const int r = ::poll(&p, 1, ms);
-      if (r > 0) {
+      ASSIGN_OR_RETURN(const bool ready, PollOrCancel(sock_.get(), POLLIN, ms,
+                                                      opts_.cancel.get(), where_));
+      if (ready) {
         break;
       }
-      if (r < 0 && errno != EINTR) {
-        return ErrnoStatus(absl::StrCat("poll on ", where_));
-      }
-      if (r == 0 && absl::Now() >= deadline) {
+      if (absl::Now() >= deadline) {
         return absl::DeadlineExceededError(
             absl::StrFormat("no connection on %s before the deadline", where_));
       }
@@ -89,6 +86,7 @@ class TcpListener : public Listener {
     UniqueFd conn(fd);
     TuneSocket(fd, opts_.timeout);
     ASSIGN_OR_RETURN(auto reactor, Reactor::Create(64));
+    reactor->WatchCancellation(opts_.cancel);
     char ip[INET_ADDRSTRLEN] = "?";
     ::inet_ntop(AF_INET, &peer.sin_addr, ip, sizeof(ip));
     return NewTcpConnection(std::move(conn), std::move(reactor),
@@ -116,9 +114,15 @@ absl::StatusOr<std::unique_ptr<Transport>> TcpConnect(const std::string& host, u
     if (errno != EINPROGRESS) {
       return ErrnoStatus(absl::StrCat("cannot connect to ", where));
     }
-    pollfd p{sock.get(), POLLOUT, 0};
-    const int r = ::poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(opts.timeout)));
-    if (r == 0) {
+    const absl::Time give_up = absl::Now() + opts.timeout;
+    bool ready = false;
+    while (!ready && absl::Now() < give_up) {
+      ASSIGN_OR_RETURN(ready, PollOrCancel(sock.get(), POLLOUT,
+                                           static_cast<int>(absl::ToInt64Milliseconds(
+                                               give_up - absl::Now())) + 1,
+                                           opts.cancel.get(), where));
+    }
+    if (!ready) {
       return absl::DeadlineExceededError(absl::StrFormat(
           "cannot connect to %s: no answer in %d s", where, absl::ToInt64Seconds(opts.timeout)));
     }
@@ -133,6 +137,7 @@ absl::StatusOr<std::unique_ptr<Transport>> TcpConnect(const std::string& host, u
   ::fcntl(sock.get(), F_SETFL, flags & ~O_NONBLOCK);
   TuneSocket(sock.get(), opts.timeout);
   ASSIGN_OR_RETURN(auto reactor, Reactor::Create(64));
+  reactor->WatchCancellation(opts.cancel);
   return NewTcpConnection(std::move(sock), std::move(reactor), where, opts, /*server=*/false,
                           host);
 }
