@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_format.h"
 #include "include/lmig/status.h"
+#include "src/reactor/completion_token.h"
 #include "src/reactor/reactor.h"
 #include "transport/rdma/verbs.h"
 
@@ -29,11 +30,8 @@ constexpr int kSignalEvery = 64;          // selective signalling of WRITEs
 constexpr int kMaxSendWr = 1024;
 constexpr int kResolveTimeoutMs = 5000;
 
-// wr_id: kind in the top byte, then a count or a buffer index.
-enum WrKind : uint64_t { kWrData = 1, kWrCtrlSend = 2, kWrRecv = 3 };
-uint64_t WrId(WrKind k, uint64_t v) { return (static_cast<uint64_t>(k) << 56) | v; }
-WrKind KindOf(uint64_t wr_id) { return static_cast<WrKind>(wr_id >> 56); }
-uint64_t ValueOf(uint64_t wr_id) { return wr_id & ((1ull << 56) - 1); }
+// wr_id: a CompletionToken (kRdmaWrite: a count; kRdmaSend / kRdmaRecv: a buffer index).
+uint64_t WrId(CompletionKind k, uint64_t v) { return CompletionToken{k, v}.Pack(); }
 
 // One remote memory region, as sent in HELLO_ACK.
 struct RegionWire {
@@ -226,7 +224,7 @@ class RdmaTransport : public Transport {
       std::memcpy(p, frame.data() + pos, n);
       ibv_sge sge{reinterpret_cast<uint64_t>(p), static_cast<uint32_t>(n), ctrl_mr_->lkey};
       ibv_send_wr wr{};
-      wr.wr_id = WrId(kWrCtrlSend, buf);
+      wr.wr_id = WrId(CompletionKind::kRdmaSend, buf);
       wr.sg_list = &sge;
       wr.num_sge = 1;
       wr.opcode = IBV_WR_SEND;
@@ -442,7 +440,7 @@ class RdmaTransport : public Transport {
         const bool last = i + k + 1 == wrs.size();
         if (unsignaled_ >= kSignalEvery || last) {
           wr.send_flags = IBV_SEND_SIGNALED;
-          wr.wr_id = WrId(kWrData, unsignaled_);
+          wr.wr_id = WrId(CompletionKind::kRdmaWrite, unsignaled_);
           unsignaled_ = 0;
         }
         stats_.data_bytes += p.bytes;
@@ -465,7 +463,7 @@ class RdmaTransport : public Transport {
     ibv_sge sge{reinterpret_cast<uint64_t>(RecvBuf(i)), static_cast<uint32_t>(kCtrlChunk),
                 ctrl_mr_->lkey};
     ibv_recv_wr wr{};
-    wr.wr_id = WrId(kWrRecv, static_cast<uint64_t>(i));
+    wr.wr_id = WrId(CompletionKind::kRdmaRecv, static_cast<uint64_t>(i));
     wr.sg_list = &sge;
     wr.num_sge = 1;
     ibv_recv_wr* bad = nullptr;
@@ -494,35 +492,36 @@ class RdmaTransport : public Transport {
   }
 
   absl::Status HandleWc(const ibv_wc& wc) {
-    const WrKind kind = KindOf(wc.wr_id);
+    const CompletionToken token = CompletionToken::Unpack(wc.wr_id);
     if (wc.status != IBV_WC_SUCCESS) {
       if (wc.status == IBV_WC_WR_FLUSH_ERR && closing_) {
         return absl::OkStatus();  // teardown flushes outstanding work: not a failure
       }
       if (error_.ok()) {  // the first failure is the cause; flushed work follows it
-        const char* what = kind == kWrData ? "RDMA WRITE" : kind == kWrRecv ? "RECV" : "SEND";
-        error_ = absl::UnavailableError(
-            absl::StrFormat("%s to %s failed: %s (vendor error 0x%x)", what, peer_,
-                            ibv_wc_status_str(wc.status), wc.vendor_err));
+        error_ = absl::UnavailableError(absl::StrFormat(
+            "%s to %s failed: %s (vendor error 0x%x)", CompletionKindName(token.kind), peer_,
+            ibv_wc_status_str(wc.status), wc.vendor_err));
       }
       return error_;
     }
-    switch (kind) {
-      case kWrData:
-        sq_outstanding_ -= static_cast<int>(ValueOf(wc.wr_id));
+    switch (token.kind) {
+      case CompletionKind::kRdmaWrite:
+        sq_outstanding_ -= static_cast<int>(token.value);
         break;
-      case kWrCtrlSend: {
-        const int buf = static_cast<int>(ValueOf(wc.wr_id));
+      case CompletionKind::kRdmaSend: {
+        const int buf = static_cast<int>(token.value);
         sq_outstanding_ -= send_covered_[buf];
         free_send_.push_back(buf);
         break;
       }
-      case kWrRecv: {
-        const int buf = static_cast<int>(ValueOf(wc.wr_id));
+      case CompletionKind::kRdmaRecv: {
+        const int buf = static_cast<int>(token.value);
         stream_.insert(stream_.end(), RecvBuf(buf), RecvBuf(buf) + wc.byte_len);
         RETURN_IF_ERROR(PostRecv(buf));
         break;
       }
+      default:
+        break;
     }
     return absl::OkStatus();
   }
