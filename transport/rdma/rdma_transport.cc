@@ -436,6 +436,8 @@ class RdmaTransport : public Transport {
         wr.wr.rdma.remote_addr = p.remote_addr;
         wr.wr.rdma.rkey = p.rkey;
         wr.next = k + 1 < n ? &chain[k + 1] : nullptr;
+        // An unsignalled WRITE completes only if it fails, and then says it was a WRITE.
+        wr.wr_id = WrId(CompletionKind::kRdmaWrite, 0);
         ++unsignaled_;
         const bool last = i + k + 1 == wrs.size();
         if (unsignaled_ >= kSignalEvery || last) {
