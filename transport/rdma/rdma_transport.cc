@@ -20,6 +20,7 @@
 namespace lmig {
 namespace {
 
+using proto::RegionWire;
 using rdma::CmId;
 using rdma::EventChannel;
 
@@ -32,16 +33,6 @@ constexpr int kResolveTimeoutMs = 5000;
 
 // wr_id: a CompletionToken (kRdmaWrite: a count; kRdmaSend / kRdmaRecv: a buffer index).
 uint64_t WrId(CompletionKind k, uint64_t v) { return CompletionToken{k, v}.Pack(); }
-
-// One remote memory region, as sent in HELLO_ACK.
-struct RegionWire {
-  uint64_t offset;
-  uint64_t length;
-  uint64_t addr;
-  uint32_t rkey;
-  uint32_t pad;
-};
-static_assert(sizeof(RegionWire) == 32);
 
 absl::StatusOr<sockaddr_in> ResolveIpv4(const std::string& host, uint16_t port) {
   addrinfo hints{};
@@ -282,6 +273,10 @@ class RdmaTransport : public Transport {
   }
 
   absl::StatusOr<std::vector<uint8_t>> AttachMemory(uint8_t* base, uint64_t size) override {
+    if (is_source_ && !remote_.empty()) {
+      // The destination's table came first: it must lie within this guest's memory.
+      RETURN_IF_ERROR(Annotate(proto::CheckRegionTable(remote_, size), "HELLO_ACK"));
+    }
     const absl::Time start = absl::Now();
     mem_ = base;
     mem_size_ = size;
@@ -293,37 +288,26 @@ class RdmaTransport : public Transport {
     // page, which the guest's first write replaces (copy-on-write) behind the MR's back.
     const int access = is_source_ ? IBV_ACCESS_LOCAL_WRITE
                                   : (IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
-    std::vector<uint8_t> blob(8);
+    std::vector<RegionWire> regions;
     for (uint64_t off = 0; off < size; off += chunk) {
       const uint64_t len = std::min(chunk, size - off);
       ASSIGN_OR_RETURN(rdma::Mr mr, rdma::RegisterMr(pd_.get(), base + off, len, access));
-      RegionWire r{off, len, reinterpret_cast<uint64_t>(base + off), mr->rkey, 0};
-      const auto* p = reinterpret_cast<const uint8_t*>(&r);
-      blob.insert(blob.end(), p, p + sizeof(r));
+      regions.push_back({off, len, reinterpret_cast<uint64_t>(base + off), mr->rkey, 0});
       mem_mrs_.push_back(std::move(mr));
     }
-    const uint32_t n = static_cast<uint32_t>(mem_mrs_.size());
-    std::memcpy(blob.data(), &n, 4);
     stats_.registration_ms += absl::ToDoubleMilliseconds(absl::Now() - start);
-    return is_source_ ? std::vector<uint8_t>() : blob;
+    if (is_source_) {
+      return std::vector<uint8_t>();
+    }
+    return proto::EncodeRegionTable(regions);
   }
 
   absl::Status SetPeerMemory(std::span<const uint8_t> blob) override {
-    uint32_t n = 0;
-    if (blob.size() < 8 || (std::memcpy(&n, blob.data(), 4), blob.size() != 8 + n * 32ull)) {
-      return absl::DataLossError(absl::StrFormat(
-          "HELLO_ACK: RDMA region table of %d bytes is malformed", blob.size()));
-    }
-    remote_.resize(n);
-    std::memcpy(remote_.data(), blob.data() + 8, n * sizeof(RegionWire));
-    uint64_t expect = 0;
-    for (const RegionWire& r : remote_) {
-      if (r.offset != expect || r.length == 0) {
-        return absl::DataLossError("HELLO_ACK: RDMA regions do not tile the guest memory");
-      }
-      expect += r.length;
-    }
-    remote_size_ = expect;
+    // The source learns its guest memory's size at AttachMemory, usually after this: the
+    // table is checked against it there.
+    ASSIGN_OR_RETURN(remote_, proto::DecodeRegionTable(blob, mem_ != nullptr ? mem_size_
+                                                                              : UINT64_MAX));
+    remote_size_ = remote_.back().offset + remote_.back().length;
     return absl::OkStatus();
   }
 
