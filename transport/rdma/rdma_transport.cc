@@ -16,6 +16,7 @@
 #include "src/reactor/completion_token.h"
 #include "src/reactor/reactor.h"
 #include "transport/rdma/verbs.h"
+#include "transport/rdma/write_planner.h"
 
 namespace lmig {
 namespace {
@@ -273,16 +274,14 @@ class RdmaTransport : public Transport {
   }
 
   absl::StatusOr<std::vector<uint8_t>> AttachMemory(uint8_t* base, uint64_t size) override {
-    if (is_source_ && !remote_.empty()) {
+    if (is_source_ && !peer_table_.empty()) {
       // The destination's table came first: it must lie within this guest's memory.
-      RETURN_IF_ERROR(Annotate(proto::CheckRegionTable(remote_, size), "HELLO_ACK"));
+      RETURN_IF_ERROR(Annotate(proto::CheckRegionTable(peer_table_, size), "HELLO_ACK"));
     }
     const absl::Time start = absl::Now();
-    mem_ = base;
     mem_size_ = size;
     uint64_t chunk = std::min<uint64_t>(opts_.mr_chunk_bytes, attr_.max_mr_size);
     chunk = std::max<uint64_t>(4096, chunk & ~uint64_t{4095});
-    local_chunk_ = chunk;
     // The destination takes remote writes. The source only reads, but registers with
     // LOCAL_WRITE too: a read-only pin of untouched anonymous memory would pin the shared zero
     // page, which the guest's first write replaces (copy-on-write) behind the MR's back.
@@ -292,7 +291,9 @@ class RdmaTransport : public Transport {
     for (uint64_t off = 0; off < size; off += chunk) {
       const uint64_t len = std::min(chunk, size - off);
       ASSIGN_OR_RETURN(rdma::Mr mr, rdma::RegisterMr(pd_.get(), base + off, len, access));
-      regions.push_back({off, len, reinterpret_cast<uint64_t>(base + off), mr->rkey, 0});
+      const auto addr = reinterpret_cast<uint64_t>(base + off);
+      regions.push_back({off, len, addr, mr->rkey, 0});
+      local_.push_back({off, len, addr, mr->lkey});
       mem_mrs_.push_back(std::move(mr));
     }
     stats_.registration_ms += absl::ToDoubleMilliseconds(absl::Now() - start);
@@ -305,9 +306,12 @@ class RdmaTransport : public Transport {
   absl::Status SetPeerMemory(std::span<const uint8_t> blob) override {
     // The source learns its guest memory's size at AttachMemory, usually after this: the
     // table is checked against it there.
-    ASSIGN_OR_RETURN(remote_, proto::DecodeRegionTable(blob, mem_ != nullptr ? mem_size_
-                                                                              : UINT64_MAX));
-    remote_size_ = remote_.back().offset + remote_.back().length;
+    ASSIGN_OR_RETURN(peer_table_,
+                     proto::DecodeRegionTable(blob, local_.empty() ? UINT64_MAX : mem_size_));
+    remote_.clear();
+    for (const RegionWire& r : peer_table_) {
+      remote_.push_back({r.offset, r.length, r.addr, r.rkey});
+    }
     return absl::OkStatus();
   }
 
@@ -316,24 +320,9 @@ class RdmaTransport : public Transport {
     if (mem_mrs_.empty() || remote_.empty()) {
       return absl::FailedPreconditionError("RDMA write before memory registration");
     }
-    std::vector<PendingWr> wrs;
-    for (const RamRange& range : ranges) {
-      if (range.offset + range.length > std::min(mem_size_, remote_size_)) {
-        return absl::OutOfRangeError(absl::StrFormat(
-            "RDMA write [0x%x, +0x%x) beyond guest memory", range.offset, range.length));
-      }
-      uint64_t off = range.offset, left = range.length;
-      while (left > 0) {
-        const size_t li = off / local_chunk_;
-        const uint64_t lend = (li + 1) * local_chunk_;
-        const RegionWire& rr = RemoteRegionFor(off);
-        const uint64_t rend = rr.offset + rr.length;
-        const uint64_t piece = std::min({left, lend - off, rend - off});
-        AddPiece(wrs, off, piece, mem_mrs_[li]->lkey, rr.addr + (off - rr.offset), rr.rkey);
-        off += piece;
-        left -= piece;
-      }
-    }
+    ASSIGN_OR_RETURN(std::vector<rdma::PlannedWrite> wrs,
+                     rdma::PlanWrites(ranges, local_, remote_,
+                                      {static_cast<size_t>(max_sge_), opts_.max_write_bytes}));
     return PostWrites(wrs);
   }
 
@@ -344,7 +333,10 @@ class RdmaTransport : public Transport {
     return CheckAlive();
   }
 
-  void RevokeRemoteAccess() override { mem_mrs_.clear(); }
+  void RevokeRemoteAccess() override {
+    mem_mrs_.clear();
+    local_.clear();
+  }
 
   void SetDeadline(absl::Time deadline, std::string what) override {
     deadline_ = deadline;
@@ -361,48 +353,7 @@ class RdmaTransport : public Transport {
   const std::string& device_name() const { return device_name_; }
 
  private:
-  struct PendingWr {
-    uint64_t remote_addr;
-    uint32_t rkey;
-    uint64_t bytes;
-    std::vector<ibv_sge> sges;
-  };
-
-  const RegionWire& RemoteRegionFor(uint64_t off) const {
-    auto it = std::upper_bound(remote_.begin(), remote_.end(), off,
-                               [](uint64_t o, const RegionWire& r) { return o < r.offset; });
-    return *(it - 1);
-  }
-
-  // Appends [off, off+len) (local lkey, remote raddr/rkey) to the last WR when it continues it
-  // (remote-contiguous, same rkey, room for an SGE and under max_write_bytes), else starts one.
-  void AddPiece(std::vector<PendingWr>& wrs, uint64_t off, uint64_t len, uint32_t lkey,
-                uint64_t raddr, uint32_t rkey) {
-    uint64_t laddr = reinterpret_cast<uint64_t>(mem_ + off);
-    while (len > 0) {
-      PendingWr* w = wrs.empty() ? nullptr : &wrs.back();
-      const bool continues = w != nullptr && w->rkey == rkey &&
-                             w->remote_addr + w->bytes == raddr &&
-                             w->bytes < opts_.max_write_bytes;
-      ibv_sge* last = continues ? &w->sges.back() : nullptr;
-      const uint64_t take =
-          std::min(len, continues ? opts_.max_write_bytes - w->bytes : opts_.max_write_bytes);
-      if (last != nullptr && last->lkey == lkey && last->addr + last->length == laddr) {
-        last->length += static_cast<uint32_t>(take);  // same local MR, contiguous
-      } else if (continues && w->sges.size() < static_cast<size_t>(max_sge_)) {
-        w->sges.push_back({laddr, static_cast<uint32_t>(take), lkey});
-      } else {
-        wrs.push_back({raddr, rkey, 0, {{laddr, static_cast<uint32_t>(take), lkey}}});
-        w = &wrs.back();
-      }
-      w->bytes += take;
-      raddr += take;
-      laddr += take;
-      len -= take;
-    }
-  }
-
-  absl::Status PostWrites(std::vector<PendingWr>& wrs) {
+  absl::Status PostWrites(std::vector<rdma::PlannedWrite>& wrs) {
     constexpr size_t kChain = 32;
     std::vector<ibv_send_wr> chain(kChain);
     for (size_t i = 0; i < wrs.size();) {
@@ -411,7 +362,7 @@ class RdmaTransport : public Transport {
         RETURN_IF_ERROR(PollOnce(true, "waiting for send queue space"));
       }
       for (size_t k = 0; k < n; ++k) {
-        PendingWr& p = wrs[i + k];
+        rdma::PlannedWrite& p = wrs[i + k];
         ibv_send_wr& wr = chain[k];
         wr = {};
         wr.sg_list = p.sges.data();
@@ -659,11 +610,10 @@ class RdmaTransport : public Transport {
   bool cq_poll_armed_ = false, cq_ready_ = false;
   bool cm_poll_armed_ = false, cm_ready_ = false;
   bool tick_armed_ = false, tick_fired_ = false;
-  uint8_t* mem_ = nullptr;
   uint64_t mem_size_ = 0;
-  uint64_t local_chunk_ = 1;
-  std::vector<RegionWire> remote_;
-  uint64_t remote_size_ = 0;
+  std::vector<rdma::MemoryRegion> local_;   // the MRs of mem_mrs_, with their lkeys
+  std::vector<RegionWire> peer_table_;      // source: the destination's region table
+  std::vector<rdma::MemoryRegion> remote_;  // the same, with the rkeys, for the planner
   TransportStats stats_;
 };
 
