@@ -13,8 +13,8 @@
 //               payload is sealed, the AAD is the type and arg, the record counter implicit.
 //   -------------------------------------------------------------------------------------
 //   dst -> src  kHelloAck     StatusMsg, HelloAckTimes (+ RDMA: the destination's memory
-//                             regions and rkeys; the destination registers memory only after
-//                             authentication)
+//                             regions and rkeys, a RegionWire table; the destination registers
+//                             memory only after authentication)
 //   src -> dst  kPages        (TCP only) arg = RAM offset, payload = the pages; over RDMA the
 //                             pages land by one-sided RDMA WRITE and no message is sent
 //   src -> dst  kEndRound     EndRound: after every pre-copy round, and after the final one
