@@ -14,8 +14,8 @@
 //               payload is sealed, the AAD is the type and arg, the record counter implicit.
 //   -------------------------------------------------------------------------------------
 //   dst -> src  kHelloAck     StatusMsg, HelloAckTimes (+ RDMA: the destination's memory
-//                             regions and rkeys; the destination registers memory only after
-//                             authentication)
+//                             regions and rkeys, a RegionWire table; the destination registers
+//                             memory only after authentication)
 //   src -> dst  kPages        (TCP only) arg = RAM offset, payload = the pages; over RDMA the
 //                             pages land by one-sided RDMA WRITE and no message is sent
 //   src -> dst  kEndRound     EndRound: after every pre-copy round, and after the final one
@@ -73,9 +73,12 @@ using lmig::kPageSize;
 inline constexpr uint32_t kMaxRounds = 1000;
 // The machine state blob: 64 vCPUs of XSAVE (<= 16 KiB with AMX), MSRs, CPUID, LAPIC... fit.
 inline constexpr uint64_t kMaxDeviceState = 8ull << 20;
-// HELLO_ACK: a status and, over RDMA, the region table (one 32-byte entry per registered
-// chunk of at least 4 KiB... in practice per 1 GiB chunk; 64 Ki entries is ample).
-inline constexpr uint64_t kMaxHelloAck = 256 + 16 + 8 + (64ull << 10) * 32;
+// HELLO_ACK's RDMA region table: one entry per registered chunk of at least 4 KiB... in
+// practice per 1 GiB chunk; 64 Ki entries is ample.
+inline constexpr uint32_t kMaxRegions = 64 << 10;
+// HELLO_ACK: a StatusMsg, HelloAckTimes and, over RDMA, the region table (an 8-byte count and
+// kMaxRegions 32-byte RegionWire entries at most); the sizes are checked below.
+inline constexpr uint64_t kMaxHelloAck = 256 + 16 + 8 + uint64_t{kMaxRegions} * 32;
 
 enum class MsgType : uint16_t {
   kInvalid = 0,
@@ -201,6 +204,37 @@ std::vector<uint8_t> HelloAckBytes(const absl::Status& s, const HelloAckTimes& t
 // Parses a HELLO_ACK payload: a StatusMsg, HelloAckTimes (values within kMaxPhaseNs), the rest
 // is the region blob. Error names what is short or out of range.
 absl::StatusOr<HelloAckMsg> ParseHelloAck(std::span<const uint8_t> payload);
+
+// The region table, HELLO_ACK's blob over RDMA: where the destination registered its guest
+// memory for remote writes. Little endian, whatever the host:
+//   u32 count (1..kMaxRegions), u32 reserved (0), then count entries of
+//   u64 offset, u64 length, u64 addr, u32 rkey, u32 reserved (0)
+// Guest memory [offset, offset + length) is at ADDR in the destination under RKEY. The
+// entries tile the guest memory from offset 0 in order: each starts where the one before it
+// ends, every offset and length a multiple of kPageSize, no length zero.
+struct RegionWire {
+  uint64_t offset;
+  uint64_t length;
+  uint64_t addr;
+  uint32_t rkey;
+  uint32_t reserved;
+};
+static_assert(sizeof(RegionWire) == 32);
+inline constexpr uint64_t kRegionTableHeader = 8;
+static_assert(kMaxHelloAck == sizeof(StatusMsg) + sizeof(HelloAckTimes) + kRegionTableHeader +
+                                  uint64_t{kMaxRegions} * sizeof(RegionWire));
+// Checks REGIONS as a destination's table for MEM_SIZE bytes of guest memory: 1..kMaxRegions
+// entries, reserved fields zero, each length nonzero, offsets and lengths page-aligned, offset
+// + length and addr + length without overflow, the entries tiling [0, end) in order (so none
+// overlaps another) with end at most MEM_SIZE. Error names the entry and its values.
+absl::Status CheckRegionTable(std::span<const RegionWire> regions, uint64_t mem_size);
+// Serializes REGIONS (checked by CheckRegionTable against the memory they tile): a table the
+// peer would refuse is an error here, before it is sent.
+absl::StatusOr<std::vector<uint8_t>> EncodeRegionTable(std::span<const RegionWire> regions);
+// Parses and checks (CheckRegionTable, MEM_SIZE) a region table: its size must be exactly the
+// header and count entries. Error names what is malformed and which entry.
+absl::StatusOr<std::vector<RegionWire>> DecodeRegionTable(std::span<const uint8_t> blob,
+                                                          uint64_t mem_size);
 
 // The destination's answer to COMPLETE, followed by num_phases PhaseTiming entries.
 struct Ack {

@@ -178,6 +178,111 @@ absl::StatusOr<HelloAckMsg> ParseHelloAck(std::span<const uint8_t> payload) {
   return m;
 }
 
+namespace {
+// Little-endian fields of the region table, byte by byte: the layout does not depend on the
+// host's byte order or on struct padding.
+void PutLe(std::vector<uint8_t>& out, uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) {
+    out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  }
+}
+uint64_t GetLe(const uint8_t* p, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) {
+    v |= uint64_t{p[i]} << (8 * i);
+  }
+  return v;
+}
+}  // namespace
+
+absl::Status CheckRegionTable(std::span<const RegionWire> regions, uint64_t mem_size) {
+  if (regions.empty() || regions.size() > kMaxRegions) {
+    return absl::DataLossError(absl::StrFormat(
+        "RDMA region table of %d entries (1 to %d allowed)", regions.size(), kMaxRegions));
+  }
+  uint64_t end = 0;  // where the entries so far end: the next one starts there
+  for (size_t i = 0; i < regions.size(); ++i) {
+    const RegionWire& r = regions[i];
+    const std::string what =
+        absl::StrFormat("RDMA region %d [offset 0x%x, length 0x%x]", i, r.offset, r.length);
+    if (r.reserved != 0) {
+      return absl::DataLossError(absl::StrFormat("%s: reserved 0x%x, want 0", what, r.reserved));
+    }
+    if (r.length == 0) {
+      return absl::DataLossError(absl::StrCat(what, ": empty"));
+    }
+    if (r.offset % kPageSize != 0 || r.length % kPageSize != 0) {
+      return absl::DataLossError(absl::StrFormat("%s: not aligned to %d-byte pages", what,
+                                                 kPageSize));
+    }
+    if (r.offset + r.length < r.offset || r.addr + r.length < r.addr) {
+      return absl::DataLossError(
+          absl::StrFormat("%s at addr 0x%x: the end overflows 64 bits", what, r.addr));
+    }
+    if (r.offset != end) {
+      return absl::DataLossError(absl::StrFormat(
+          "%s: the regions before it end at 0x%x (they tile the guest memory in order, "
+          "without gaps or overlaps)", what, end));
+    }
+    if (r.offset + r.length > mem_size) {
+      return absl::DataLossError(absl::StrFormat(
+          "%s: ends beyond the guest memory's 0x%x bytes", what, mem_size));
+    }
+    end = r.offset + r.length;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<uint8_t>> EncodeRegionTable(std::span<const RegionWire> regions) {
+  RETURN_IF_ERROR(CheckRegionTable(regions, UINT64_MAX));
+  std::vector<uint8_t> out;
+  out.reserve(kRegionTableHeader + regions.size() * sizeof(RegionWire));
+  PutLe(out, regions.size(), 4);
+  PutLe(out, 0, 4);
+  for (const RegionWire& r : regions) {
+    PutLe(out, r.offset, 8);
+    PutLe(out, r.length, 8);
+    PutLe(out, r.addr, 8);
+    PutLe(out, r.rkey, 4);
+    PutLe(out, r.reserved, 4);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<RegionWire>> DecodeRegionTable(std::span<const uint8_t> blob,
+                                                          uint64_t mem_size) {
+  if (blob.size() < kRegionTableHeader) {
+    return absl::DataLossError(absl::StrFormat(
+        "HELLO_ACK: RDMA region table of %d bytes, shorter than its %d-byte header",
+        blob.size(), kRegionTableHeader));
+  }
+  const uint64_t count = GetLe(blob.data(), 4);
+  const uint64_t reserved = GetLe(blob.data() + 4, 4);
+  if (count == 0 || count > kMaxRegions || reserved != 0) {
+    return absl::DataLossError(absl::StrFormat(
+        "HELLO_ACK: RDMA region table of %d entries (1 to %d allowed), reserved 0x%x", count,
+        kMaxRegions, reserved));
+  }
+  const uint64_t want = kRegionTableHeader + count * sizeof(RegionWire);
+  if (blob.size() != want) {
+    return absl::DataLossError(absl::StrFormat(
+        "HELLO_ACK: RDMA region table of %d bytes, %d entries need %d", blob.size(), count,
+        want));
+  }
+  std::vector<RegionWire> regions(count);
+  const uint8_t* p = blob.data() + kRegionTableHeader;
+  for (RegionWire& r : regions) {
+    r.offset = GetLe(p, 8);
+    r.length = GetLe(p + 8, 8);
+    r.addr = GetLe(p + 16, 8);
+    r.rkey = static_cast<uint32_t>(GetLe(p + 24, 4));
+    r.reserved = static_cast<uint32_t>(GetLe(p + 28, 4));
+    p += sizeof(RegionWire);
+  }
+  RETURN_IF_ERROR(Annotate(CheckRegionTable(regions, mem_size), "HELLO_ACK"));
+  return regions;
+}
+
 std::vector<uint8_t> AckBytes(const Ack& ack, std::span<const PhaseTiming> phases) {
   Ack a = ack;
   const size_t n = std::min<size_t>(phases.size(), kMaxAckPhases);

@@ -6,10 +6,11 @@
 #include <cstring>
 
 #include "include/lmig/status.h"
+#include "src/reactor/completion_token.h"
 
 namespace lmig {
 
-// The completion token behind every user_data.
+// What a kReactorOp token's value points to: the callback of one submitted operation.
 struct Reactor::Completion {
   Reactor::Callback cb;
   __kernel_timespec ts{};
@@ -51,6 +52,13 @@ bool Reactor::Supports(int op) const {
 }
 
 namespace {
+// user_data: a kReactorOp token naming the operation's Completion.
+void SetToken(io_uring_sqe* sqe, void* completion) {
+  io_uring_sqe_set_data64(
+      sqe,
+      CompletionToken{CompletionKind::kReactorOp, reinterpret_cast<uint64_t>(completion)}.Pack());
+}
+
 io_uring_sqe* GetSqe(io_uring* ring) {
   io_uring_sqe* sqe = io_uring_get_sqe(ring);
   while (sqe == nullptr) {
@@ -63,7 +71,7 @@ io_uring_sqe* GetSqe(io_uring* ring) {
 
 io_uring_sqe* Reactor::Prepare(Callback cb) {
   io_uring_sqe* sqe = GetSqe(&ring_);
-  io_uring_sqe_set_data(sqe, NewCompletion(std::move(cb)));
+  SetToken(sqe, NewCompletion(std::move(cb)));
   return sqe;
 }
 
@@ -85,7 +93,7 @@ void Reactor::Timeout(absl::Duration d, Callback cb) {
   c->ts.tv_sec = absl::ToInt64Seconds(d);
   c->ts.tv_nsec = absl::ToInt64Nanoseconds(d - absl::Seconds(c->ts.tv_sec));
   io_uring_prep_timeout(sqe, &c->ts, 0, 0);
-  io_uring_sqe_set_data(sqe, c);
+  SetToken(sqe, c);
 }
 
 absl::Status Reactor::Step(bool wait) {
@@ -103,7 +111,10 @@ absl::Status Reactor::Step(bool wait) {
   }
   // Drain everything that is ready.
   while (cqe != nullptr) {
-    auto* c = static_cast<Completion*>(io_uring_cqe_get_data(cqe));
+    const CompletionToken token = CompletionToken::Unpack(io_uring_cqe_get_data64(cqe));
+    auto* c = token.kind == CompletionKind::kReactorOp
+                  ? reinterpret_cast<Completion*>(token.value)
+                  : nullptr;
     const int res = cqe->res;
     const uint32_t flags = cqe->flags;
     io_uring_cqe_seen(&ring_, cqe);

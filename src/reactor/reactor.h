@@ -1,7 +1,8 @@
 // The io_uring reactor: one per thread that needs asynchronous I/O (the main thread drives the
 // console, signals and the machine's stop event; a migration thread drives its transport).
-// Each submitted operation carries a heap Completion as its user_data; its callback runs on the
-// reactor's thread with the CQE result (a negative errno on failure). No exceptions cross it.
+// Each submitted operation's user_data is a CompletionToken (completion_token.h) naming a heap
+// Completion; its callback runs on the reactor's thread with the CQE result (a negative errno
+// on failure). No exceptions cross it.
 #pragma once
 
 #include <liburing.h>

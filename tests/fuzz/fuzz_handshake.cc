@@ -1,6 +1,7 @@
 // libFuzzer target: the handshake, both sides of it. The destination parses a HELLO and checks
 // it against its limits (proto::Parse<Hello>, proto::CheckHello); the source parses the
-// HELLO_ACK answer: a StatusMsg and the trailing blob after it (over RDMA the region table).
+// HELLO_ACK answer: a StatusMsg and the trailing blob after it (over RDMA the region table,
+// decoded for a guest of 64 MiB).
 //
 // Input: byte 0 = length of the HELLO payload, byte 1 = which destination limits (bit 0: a
 // 1 GiB memory cap; bit 1: one transport only, bit 2: RDMA rather than TCP), then the HELLO
@@ -59,6 +60,22 @@ void Source(std::span<const uint8_t> payload) {
   if (absl::StatusOr<HelloAckMsg> a = ParseHelloAck(payload); a.ok()) {
     FUZZ_CHECK(a->times.setup_ns <= kMaxPhaseNs && a->times.restore_ns <= kMaxPhaseNs);
     FUZZ_CHECK(a->regions.size() == payload.size() - sizeof(StatusMsg) - sizeof(HelloAckTimes));
+    // A region table the source accepts tiles the guest memory from 0 in pages, within it.
+    constexpr uint64_t kMem = 64ull << 20;
+    if (auto t = DecodeRegionTable(a->regions, kMem); t.ok()) {
+      FUZZ_CHECK(!t->empty() && t->size() <= kMaxRegions);
+      FUZZ_CHECK(a->regions.size() == kRegionTableHeader + t->size() * sizeof(RegionWire));
+      uint64_t end = 0;
+      for (const RegionWire& r : *t) {
+        FUZZ_CHECK(r.offset == end && r.length > 0 && r.length % kPageSize == 0);
+        FUZZ_CHECK(r.length <= kMem - r.offset && r.reserved == 0);
+        end += r.length;
+      }
+      auto again = EncodeRegionTable(*t);
+      FUZZ_CHECK(again.ok() && *again == a->regions);
+    } else {
+      FUZZ_CHECK(!t.status().message().empty());
+    }
   } else {
     FUZZ_CHECK(!a.status().message().empty());
   }

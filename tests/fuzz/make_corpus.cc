@@ -53,15 +53,12 @@ Bytes HelloAck(const absl::Status& s, int regions) {
   }
   Bytes out = proto::HelloAckBytes(s, times, {});
   if (regions > 0) {
-    Bytes table(8, 0);
-    table[0] = static_cast<uint8_t>(regions);
+    std::vector<proto::RegionWire> table;
     const uint64_t len = (64ull << 20) / regions;
     for (int i = 0; i < regions; ++i) {
-      const uint64_t entry[4] = {i * len, len, 0x7f0000000000ull + i * len, 0x1234u + i};
-      const auto* p = reinterpret_cast<const uint8_t*>(entry);
-      table.insert(table.end(), p, p + sizeof(entry));
+      table.push_back({i * len, len, 0x7f0000000000ull + i * len, 0x1234u + i, 0});
     }
-    Append(out, table);
+    Append(out, *proto::EncodeRegionTable(table));
   }
   return out;
 }

@@ -169,6 +169,23 @@ TEST(RdmaTransport, RevokedRemoteAccessFailsLaterWritesWithAPreciseError) {
   EXPECT_EQ(b.dst[10 * kPage], 0);
 }
 
+// A failed unsignalled WRITE (wr_id 0) was reported as a failed SEND.
+TEST(RdmaTransport, AFailedUnsignalledWriteIsNamedAsAWrite) {
+  TransportOptions o;
+  o.timeout = absl::Seconds(10);
+  Pair p = Connect(o, o);
+  ASSERT_TRUE(p.src && p.dst);
+  Buffers b(1 << 20);
+  ASSERT_TRUE(b.Attach(p).ok());
+  p.dst->RevokeRemoteAccess();
+  // Two WRITEs (the pages are not contiguous): the first goes unsignalled and fails first.
+  const absl::Status w = p.src->Write(std::vector<RamRange>{{0, kPage}, {2 * kPage, kPage}});
+  const absl::Status f = w.ok() ? p.src->Flush() : w;
+  ASSERT_FALSE(f.ok());
+  EXPECT_THAT(std::string(f.message()), testing::StartsWith("RDMA WRITE to "));
+  EXPECT_THAT(std::string(f.message()), testing::HasSubstr("remote access error"));
+}
+
 TEST(RdmaTransport, WritesBeyondThePeersMemoryAreRefused) {
   Pair p = Connect({}, {});
   ASSERT_TRUE(p.src && p.dst);

@@ -13,6 +13,11 @@
 //
 // Completions: the CQ's completion channel fd and the CM event channel fd are polled by the
 // transport's io_uring reactor (or the CQ is busy-polled with TransportOptions::busy_poll).
+//
+// The pieces: cm_endpoint.h (resolving, listening, CM events), rdma_connection.h (the verbs
+// resources, the setup tail shared by connect and accept, send-queue accounting, waiting),
+// control_stream.h (frames over SEND/RECV), write_planner.h (ranges to WRITEs and SGEs, a pure
+// function), rdma_transport.cc (the Transport that ties them together, and the Listener).
 #pragma once
 
 #include <memory>
