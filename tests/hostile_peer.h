@@ -164,6 +164,7 @@ class Dst {
     }
   }
   // Exit status, or -1 if still running after SECONDS.
+  void Signal(int sig) { ::kill(pid_, sig); }
   int Wait(double seconds) { return Exited(static_cast<int>(seconds * 1000)) ? status_ : -1; }
 
  private:

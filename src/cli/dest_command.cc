@@ -4,15 +4,23 @@
 // has already been handed over (ACK sent), when the session takes the signal as for any
 // running guest (src/base/thread_model.h).
 #include <arpa/inet.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <functional>
+#include <mutex>
 #include <optional>
+#include <thread>
 
 #include "src/cli/outgoing_migration.h"
 #include "src/migration/machine_vm.h"
 #include "src/migration/receiver.h"
+#include "src/reactor/cancellation.h"
 
 namespace lmig {
 namespace {
@@ -35,6 +43,77 @@ absl::StatusOr<uint64_t> MaxMemOf(const std::string& flag) {
     return ErrnoStatus("sysconf(_SC_PHYS_PAGES)");
   }
   return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
+}
+
+// Whether the guest has been handed over (the ACK is going out), or the destination is being
+// stopped: whichever comes first wins, under the mutex, so that a signal never strands a guest
+// (an ACK sent, then the process gone) and a guest is never handed over after a signal.
+struct HandOver {
+  std::mutex mu;
+  bool committed = false;
+  bool stopped = false;
+};
+
+// Runs INCOMING on a thread of its own ("migration") while this thread watches SIGNALS (the
+// signalfd of the blocked stop signals). SIGINT, SIGTERM or SIGHUP before the hand-over
+// cancels every wait of the migration at once (CANCEL) and ends it: CancelledError naming the
+// signal. After the hand-over a signal is left pending for the guest's session, which takes
+// it as it does for any running guest. SIGQUIT is answered with a line and ignored.
+absl::Status RunIncoming(const std::function<absl::Status()>& incoming, int signals,
+                         Cancellation& cancel, HandOver& handover) {
+  const int efd = ::eventfd(0, EFD_CLOEXEC);
+  if (efd < 0) {
+    return ErrnoStatus("eventfd");
+  }
+  UniqueFd done(efd);
+  absl::Status result;
+  std::thread worker([&] {
+    NameThisThread("migration");
+    result = incoming();
+    const uint64_t one = 1;
+    (void)!::write(done.get(), &one, sizeof(one));
+  });
+  bool watching = true;
+  std::string stopped_by;
+  for (;;) {
+    pollfd p[2] = {{done.get(), POLLIN, 0}, {watching ? signals : -1, POLLIN, 0}};
+    if (::poll(p, 2, -1) < 0) {
+      continue;  // EINTR
+    }
+    if (p[0].revents != 0) {
+      break;
+    }
+    if (p[1].revents == 0) {
+      continue;
+    }
+    std::lock_guard<std::mutex> lock(handover.mu);
+    if (handover.committed) {
+      watching = false;  // the session's own signalfd takes it once the guest runs
+      continue;
+    }
+    signalfd_siginfo si{};
+    if (::read(signals, &si, sizeof(si)) != sizeof(si)) {
+      continue;
+    }
+    if (si.ssi_signo == SIGQUIT) {
+      std::fprintf(stderr, "lmig-rdma dst: SIGQUIT: a migration is coming in, no guest yet\n");
+      continue;
+    }
+    handover.stopped = true;
+    watching = false;
+    stopped_by = sigabbrev_np(static_cast<int>(si.ssi_signo));
+    std::fprintf(stderr, "lmig-rdma dst: SIG%s: ending the incoming migration\n",
+                 stopped_by.c_str());
+    cancel.Cancel(absl::StrFormat("stopped by SIG%s", stopped_by));
+  }
+  worker.join();
+  if (!stopped_by.empty()) {
+    return absl::CancelledError(absl::StrFormat(
+        "dst: stopped by SIG%s during the incoming migration, no guest resumed (the source "
+        "keeps its guest)",
+        stopped_by));
+  }
+  return result;
 }
 
 }  // namespace
@@ -69,6 +148,17 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
   ropts.phase_timeout = topts.timeout;
   ropts.hello_timeout = std::min(topts.timeout, absl::Seconds(10));
   ropts.max_time = absl::Seconds(flags.max_time_s);
+  // The stop signals go to a signalfd from here on (before any thread starts, so every thread
+  // inherits the mask), and one cancels the incoming migration's every wait.
+  ASSIGN_OR_RETURN(UniqueFd signals, BlockStopSignals());
+  ASSIGN_OR_RETURN(std::shared_ptr<Cancellation> cancel, Cancellation::Create());
+  topts.cancel = cancel;
+  HandOver handover;
+  ropts.commit = [&handover] {
+    std::lock_guard<std::mutex> lock(handover.mu);
+    handover.committed = !handover.stopped;
+    return handover.committed;
+  };
   ASSIGN_OR_RETURN(auto listener, ListenTransport(kind, where.host, where.port, topts));
   const std::string protection =
       authenticated ? ProtectionOf(flags.transport, ropts.psk, topts.tls.get())
@@ -110,68 +200,77 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
   // Strangers do not end a waiting destination: a connection that fails the handshake is
   // dropped and the destination listens on, until --timeout passes without a valid source.
   MigrationStats stats;
-  std::unique_ptr<Transport> transport;
-  std::unique_ptr<MigrationReceiver> receiver;
-  absl::Time give_up = absl::InfiniteFuture();
-  absl::Status last_refusal;
-  // A dropped connection: said in one line, remembered, and the --timeout clock started.
-  auto refuse = [&](const absl::Status& why, const std::string& line) {
-    progress(line);
-    last_refusal = why;
-    if (give_up == absl::InfiniteFuture()) {
-      give_up = absl::Now() + topts.timeout;
+  // The incoming migration, on its own thread: OK once the guest runs here.
+  auto incoming = [&]() -> absl::Status {
+    std::unique_ptr<Transport> transport;
+    std::unique_ptr<MigrationReceiver> receiver;
+    absl::Time give_up = absl::InfiniteFuture();
+    absl::Status last_refusal;
+    // A dropped connection: said in one line, remembered, and the --timeout clock started.
+    auto refuse = [&](const absl::Status& why, const std::string& line) {
+      progress(line);
+      last_refusal = why;
+      if (give_up == absl::InfiniteFuture()) {
+        give_up = absl::Now() + topts.timeout;
+      }
+    };
+    for (;;) {
+      // Past GIVE_UP this still takes a connection that is already waiting (the real source
+      // queued behind a stranger that held the handshake).
+      // (An RDMA stranger that never completes the CM exchange is a DeadlineExceeded too,
+      // before GIVE_UP: one more refusal.)
+      auto t = listener->Accept(give_up);
+      RETURN_IF_ERROR(topts.cancel->status());
+      if (!t.ok() && absl::IsDeadlineExceeded(t.status()) && !last_refusal.ok() &&
+          absl::Now() >= give_up) {
+        return Annotate(last_refusal,
+                        absl::StrFormat("dst: no valid source within %d s of the last refused "
+                                        "connection, no guest resumed; last refusal",
+                                        flags.transport.timeout_s));
+      }
+      if (!t.ok()) {
+        // A connection that failed to establish (an RDMA peer that never completes the CM
+        // exchange, say) is one more stranger; the deadline above ends the wait.
+        refuse(t.status(),
+               absl::StrFormat("a connection failed: %s; listening on", t.status().message()));
+        absl::SleepFor(absl::Milliseconds(100));  // no busy loop on a failing listener
+        continue;
+      }
+      stats = MigrationStats();
+      auto r = std::make_unique<MigrationReceiver>(t->get(), ropts, create, progress);
+      // One migration at a time: from a valid HELLO on, connection attempts are refused.
+      r->set_on_accepted([&listener] { listener.reset(); });
+      absl::Status hs = r->Handshake(stats);
+      if (hs.ok()) {
+        transport = std::move(*t);
+        receiver = std::move(r);
+        break;
+      }
+      const std::string peer = (*t)->peer();
+      r.reset();
+      t->reset();
+      vm.reset();
+      rt.reset();
+      RETURN_IF_ERROR(topts.cancel->status());
+      refuse(hs, absl::StrFormat("refused a connection from %s: %s; listening on", peer,
+                                 hs.message()));
+      if (listener == nullptr) {
+        // The HELLO was valid but this host could not take the guest (memory, KVM).
+        return Annotate(hs, "dst: migration failed, no guest resumed");
+      }
     }
+    absl::Status s = receiver->Run(stats);
+    stats.security = transport->stats().security;
+    receiver.reset();
+    transport.reset();
+    if (!s.ok()) {
+      return Annotate(s, "dst: migration failed, no guest resumed");
+    }
+    return absl::OkStatus();
   };
-  for (;;) {
-    // Past GIVE_UP this still takes a connection that is already waiting (the real source
-    // queued behind a stranger that held the handshake).
-    // (An RDMA stranger that never completes the CM exchange is a DeadlineExceeded too, before
-    // GIVE_UP: one more refusal.)
-    auto t = listener->Accept(give_up);
-    if (!t.ok() && absl::IsDeadlineExceeded(t.status()) && !last_refusal.ok() &&
-        absl::Now() >= give_up) {
-      Report("dst", stats, flags.transport.stats_json);
-      return Annotate(last_refusal,
-                      absl::StrFormat("dst: no valid source within %d s of the last refused "
-                                      "connection, no guest resumed; last refusal",
-                                      flags.transport.timeout_s));
-    }
-    if (!t.ok()) {
-      // A connection that failed to establish (an RDMA peer that never completes the CM
-      // exchange, say) is one more stranger; the deadline above ends the wait.
-      refuse(t.status(),
-             absl::StrFormat("a connection failed: %s; listening on", t.status().message()));
-      absl::SleepFor(absl::Milliseconds(100));  // no busy loop on a listener that keeps failing
-      continue;
-    }
-    stats = MigrationStats();
-    auto r = std::make_unique<MigrationReceiver>(t->get(), ropts, create, progress);
-    // One migration at a time: from a valid HELLO on, connection attempts are refused at once.
-    r->set_on_accepted([&listener] { listener.reset(); });
-    absl::Status hs = r->Handshake(stats);
-    if (hs.ok()) {
-      transport = std::move(*t);
-      receiver = std::move(r);
-      break;
-    }
-    refuse(hs, absl::StrFormat("refused a connection from %s: %s; listening on", (*t)->peer(),
-                               hs.message()));
-    vm.reset();
-    rt.reset();
-    if (listener == nullptr) {
-      // The HELLO was valid but this host could not take the guest (memory, KVM).
-      Report("dst", stats, flags.transport.stats_json);
-      return Annotate(hs, "dst: migration failed, no guest resumed");
-    }
-  }
-  absl::Status s = receiver->Run(stats);
-  stats.security = transport->stats().security;
-  receiver.reset();
-  transport.reset();
+  absl::Status result = RunIncoming(incoming, signals.get(), *cancel, handover);
   Report("dst", stats, flags.transport.stats_json);
-  if (!s.ok()) {
-    return Annotate(s, "dst: migration failed, no guest resumed");
-  }
+  RETURN_IF_ERROR(result);
   std::fprintf(stderr, "lmig-rdma dst: guest resumed\n");
   if (onward == nullptr) {
     return rt->RunToEnd("dst");

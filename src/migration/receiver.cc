@@ -241,6 +241,9 @@ absl::Status MigrationReceiver::OnComplete(const proto::Message& m, MigrationSta
   ack.total_pages = pages_announced_;
   // The guest runs here only once the ACK is out: a destination that cannot tell the source
   // never runs it (the source then keeps its own), and the vCPUs do not compete with the ACK.
+  if (opts_.commit && !opts_.commit()) {
+    return absl::CancelledError("stopped before the guest was handed over (no ACK sent)");
+  }
   RETURN_IF_ERROR(t_->Send(MsgType::kAck, 0, proto::AckBytes(ack, phases_)));
   vm_->Release();
   // This side's report: the same steps, as the source will show them.

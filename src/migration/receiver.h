@@ -68,6 +68,10 @@ struct ReceiverOptions {
   absl::Duration phase_timeout = absl::Seconds(30);  // final round -> COMPLETE
   // The whole migration; zero: derived from the announced memory (MaxTimeFor).
   absl::Duration max_time = absl::ZeroDuration();
+  // Asked once, just before the ACK that hands the guest over: false (the destination is
+  // being stopped) ends the migration there, with no ACK sent and the guest never run, so
+  // the source keeps it. Null: always go ahead.
+  std::function<bool()> commit;
 };
 
 // The default bound on a whole incoming migration of MEM_BYTES: 5 minutes plus one second

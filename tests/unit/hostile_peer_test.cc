@@ -458,6 +458,55 @@ TEST(HostileSource, ASecondConnectionDuringAMigrationIsRefusedAtOnce) {
   EXPECT_EQ(d.Wait(10), 1);
 }
 
+// SIGTERM (and SIGINT) waited until the incoming migration or its timeout ended (signals were
+// blocked for the guest's session); now they end it at once, and no guest resumes.
+TEST(HostileSource, SigtermMidRoundEndsTheIncomingMigrationAtOnce) {
+  Dst d({"--timeout", "30"});
+  const int fd = Connect(d.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(SendFrame(fd, MsgType::kHello, 0, proto::Bytes(ValidHello(16 << 20))));
+  std::optional<RawMsg> ack = ReadFrame(fd);
+  ASSERT_TRUE(ack && ack->type == MsgType::kHelloAck) << d.Stderr();
+  // Half a round, then silence: the destination waits for the rest (up to --timeout).
+  ASSERT_TRUE(SendFrame(fd, MsgType::kPages, 0, std::vector<uint8_t>(4096, 7)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_FALSE(d.Exited(0)) << d.Stderr();
+  const auto t0 = Clock::now();
+  d.Signal(SIGTERM);
+  EXPECT_EQ(d.Wait(10), 1) << d.Stderr();
+  EXPECT_LT(SecondsSince(t0), 2) << d.Stderr();
+  EXPECT_THAT(d.Stderr(), testing::HasSubstr("stopped by SIGTERM during the incoming migration, "
+                                             "no guest resumed"));
+  EXPECT_THAT(d.Stderr(), testing::Not(testing::HasSubstr("dst: guest resumed")));
+  // The source learns it from the connection: closed, not left hanging.
+  std::optional<RawMsg> after = ReadFrame(fd);
+  EXPECT_TRUE(!after || after->type == MsgType::kAbort);
+  ::close(fd);
+}
+
+TEST(HostileSource, SigintWhileListeningEndsTheDestination) {
+  Dst d({"--timeout", "30"});
+  const auto t0 = Clock::now();
+  d.Signal(SIGINT);
+  EXPECT_EQ(d.Wait(10), 1) << d.Stderr();
+  EXPECT_LT(SecondsSince(t0), 2);
+  EXPECT_THAT(d.Stderr(), testing::HasSubstr("stopped by SIGINT"));
+}
+
+TEST(HostileSource, SigtermDuringTheHandshakeEndsTheDestination) {
+  // A connection that never sends its HELLO holds the destination in the handshake.
+  Dst d({"--timeout", "30"});
+  const int fd = Connect(d.port());
+  ASSERT_GE(fd, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const auto t0 = Clock::now();
+  d.Signal(SIGTERM);
+  EXPECT_EQ(d.Wait(10), 1) << d.Stderr();
+  EXPECT_LT(SecondsSince(t0), 2);
+  EXPECT_THAT(d.Stderr(), testing::HasSubstr("stopped by SIGTERM"));
+  ::close(fd);
+}
+
 // A HELLO announcing 1 TiB was accepted (gigabytes of host memory) before anything was checked.
 TEST(HostileSource, AHelloBeyondMaxMemIsRefusedBeforeAnythingIsAllocated) {
   Dst d({"--timeout", "2", "--max-mem", "64M"});

@@ -197,6 +197,9 @@ absl::Status RdmaConnection::Poll(const char* doing) {
       return DrainAfterDisconnect(alive);
     }
     if (opts_.busy_poll) {
+      if (opts_.cancel != nullptr && opts_.cancel->cancelled()) {
+        return opts_.cancel->status();
+      }
       continue;
     }
     // Sleep until the CQ has something (or the CM reports a disconnect), then re-arm.

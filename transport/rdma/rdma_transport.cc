@@ -214,6 +214,7 @@ class RdmaListener : public Listener {
 
   absl::StatusOr<std::unique_ptr<Transport>> Accept(absl::Time deadline) override {
     ASSIGN_OR_RETURN(CmEndpoint child, rdma::NextConnectRequest(ep_, deadline));
+    child.reactor->WatchCancellation(opts_.cancel);
     return RdmaTransport::Open(RdmaConnection::Side::kDestination, std::move(child), opts_);
   }
 
@@ -227,12 +228,14 @@ class RdmaListener : public Listener {
 absl::StatusOr<std::unique_ptr<Transport>> RdmaConnect(const std::string& host, uint16_t port,
                                                        const TransportOptions& opts) {
   ASSIGN_OR_RETURN(CmEndpoint ep, rdma::ResolvePeer(host, port, opts.timeout));
+  ep.reactor->WatchCancellation(opts.cancel);
   return RdmaTransport::Open(RdmaConnection::Side::kSource, std::move(ep), opts);
 }
 
 absl::StatusOr<std::unique_ptr<Listener>> RdmaListen(const std::string& addr, uint16_t port,
                                                      const TransportOptions& opts) {
   ASSIGN_OR_RETURN(CmEndpoint ep, rdma::ListenOn(addr, port));
+  ep.reactor->WatchCancellation(opts.cancel);
   return std::unique_ptr<Listener>(new RdmaListener(std::move(ep), opts));
 }
 
