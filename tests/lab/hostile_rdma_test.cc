@@ -1,6 +1,8 @@
 // Peers that lie, stall and break, over RDMA (Soft-RoCE in the lab): the TCP versions are in
 // tests/unit/hostile_peer_test.cc. A fake peer speaks the protocol through the RDMA transport
 // against the real engine (a tiny guest under the lab's nested KVM) and the real `dst`.
+#include <signal.h>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -178,6 +180,30 @@ TEST(RdmaHostileSource, ASecondConnectionDuringAMigrationIsRefusedAtOnce) {
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   EXPECT_FALSE(d.Exited(0)) << d.Stderr();
   EXPECT_THAT(d.Stderr(), testing::HasSubstr("round 1 received"));
+}
+
+// SIGTERM to a destination receiving over RDMA (its wait on the CQ and the CM channel) ends
+// the migration at once; no guest resumes, and the source's connection is torn down.
+TEST(RdmaHostileSource, SigtermMidRoundEndsTheIncomingMigrationAtOnce) {
+  Dst d({"--timeout", "30", "--insecure"}, "rdma", LabIp());
+  auto src = ConnectTransport(proto::TransportKind::kRdma, LabIp(), d.port(), {});
+  ASSERT_TRUE(src.ok()) << src.status();
+  const proto::Hello h = ValidHello(16 << 20, proto::TransportKind::kRdma);
+  ASSERT_TRUE((*src)->Send(MsgType::kHello, 0, proto::Bytes(h)).ok());
+  auto ack = (*src)->Receive();
+  ASSERT_TRUE(ack.ok() && ack->type == MsgType::kHelloAck) << d.Stderr();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_FALSE(d.Exited(0)) << d.Stderr();
+  const auto t0 = Clock::now();
+  d.Signal(SIGTERM);
+  EXPECT_EQ(d.Wait(10), 1) << d.Stderr();
+  EXPECT_LT(SecondsSince(t0), 2) << d.Stderr();
+  EXPECT_THAT(d.Stderr(), testing::HasSubstr("stopped by SIGTERM during the incoming migration, "
+                                             "no guest resumed"));
+  EXPECT_THAT(d.Stderr(), testing::Not(testing::HasSubstr("dst: guest resumed")));
+  // The source's next wait ends: the destination is gone.
+  (*src)->SetDeadline(absl::Now() + absl::Seconds(10), "after the destination's SIGTERM");
+  EXPECT_FALSE((*src)->Receive().ok());
 }
 
 }  // namespace
