@@ -29,6 +29,8 @@
 //                             destination's part of the pause took (its monotonic clock)
 //   either way  kAbort        StatusMsg: the sender of it gives up; the source keeps its guest
 //   src -> dst  kProgress     mid-round (arg = round, payload = u64 bytes sent so far in it)
+//   src -> dst  kPing         after HELLO_ACK (arg = sequence number); dst -> src kPong, the
+//                             same number at once: the control round trip, measured
 //
 // What each side accepts (anything else ends the migration, naming the message and the state):
 //   destination: HELLO first (within --timeout of the connection), then END_ROUND / PROGRESS
@@ -58,8 +60,8 @@ namespace lmig::proto {
 
 inline constexpr uint32_t kMagic = 0x47494d4c;  // "LMIG"
 // 2: PROGRESS; 3: ACK echoes COMPLETE; 4: PSK auth; 5: ACK carries the destination's phases;
-// 6: HELLO_ACK carries HelloAckTimes; 7: kTlsAccepted after the TLS handshake
-inline constexpr uint32_t kVersion = 7;
+// 6: HELLO_ACK carries HelloAckTimes; 7: kTlsAccepted after the TLS handshake; 8: PING/PONG
+inline constexpr uint32_t kVersion = 8;
 // Over TLS the destination's first application record, once its handshake has checked the
 // source: a TLS 1.3 client's handshake ends before the server has seen the client's
 // certificate and Finished, so the source waits for this (or the refusing alert) before it
@@ -96,8 +98,14 @@ enum class MsgType : uint16_t {
   kProgress = 9,
   kAuthChallenge = 10,
   kAuthProof = 11,
+  // A control round trip (arg = sequence number, no payload): the source's PING after
+  // HELLO_ACK, the destination's PONG with the same number. What the pause's estimate counts
+  // for the ACK's way back; at most kMaxPings per migration.
+  kPing = 12,
+  kPong = 13,
 };
-inline constexpr uint16_t kLastMsgType = 11;
+inline constexpr uint16_t kLastMsgType = 13;
+inline constexpr uint32_t kMaxPings = 16;
 // Bytes a sealed control record adds to its payload (the AES-GCM tag).
 inline constexpr uint64_t kSealOverhead = 16;
 const char* MsgTypeName(MsgType t);

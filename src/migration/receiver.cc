@@ -272,6 +272,9 @@ absl::Status MigrationReceiver::Handle(const proto::Message& m, MigrationStats& 
       if (m.type == MsgType::kProgress) {
         return OnProgress(m);
       }
+      if (m.type == MsgType::kPing) {
+        return OnPing(m);
+      }
       break;
     case State::kAwaitState:
       if (m.type == MsgType::kDeviceState) {
@@ -288,6 +291,17 @@ absl::Status MigrationReceiver::Handle(const proto::Message& m, MigrationStats& 
   }
   return absl::DataLossError(absl::StrFormat("unexpected %s while %s",
                                              proto::MsgTypeName(m.type), StateName(state_)));
+}
+
+absl::Status MigrationReceiver::OnPing(const proto::Message& m) {
+  if (!m.payload.empty()) {
+    return absl::DataLossError(absl::StrFormat("PING with %d payload bytes", m.payload.size()));
+  }
+  if (++pings_ > proto::kMaxPings) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("more than %d PINGs in one migration", proto::kMaxPings));
+  }
+  return t_->Send(MsgType::kPong, m.arg, {});
 }
 
 void MigrationReceiver::Finish(MigrationStats& stats) {

@@ -4,7 +4,7 @@
 //
 //   kAwaitHello --HELLO--> (check limits; with a PSK: AUTH_CHALLENGE, AUTH_PROOF checked;
 //                          then create the VM, attach memory, HELLO_ACK) --> kRound
-//   kRound      --PROGRESS (this round)--> kRound
+//   kRound      --PROGRESS (this round)--> kRound;  --PING--> (PONG) kRound
 //               --END_ROUND n (n = expected round)--> kRound, or kAwaitState if final
 //   kAwaitState --DEVICE_STATE (validated at once)--> kHaveState
 //   kHaveState  --COMPLETE--> (totals, digest, restore, resume vCPUs, ACK) --> kDone
@@ -107,6 +107,7 @@ class MigrationReceiver {
   absl::Status OnHello(const proto::Message& m);
   absl::Status OnEndRound(const proto::Message& m, MigrationStats& stats);
   absl::Status OnProgress(const proto::Message& m);
+  absl::Status OnPing(const proto::Message& m);
   absl::Status OnDeviceState(const proto::Message& m);
   absl::Status OnComplete(const proto::Message& m, MigrationStats& stats);
   absl::Status Fail(absl::Status s, MigrationStats& stats);
@@ -126,6 +127,7 @@ class MigrationReceiver {
   uint64_t pages_announced_ = 0;
   uint64_t round_data_start_ = 0;     // transport data bytes when the round began (TCP)
   uint64_t round_progress_ = 0;       // bytes the last PROGRESS of this round claimed
+  uint32_t pings_ = 0;
   absl::Time start_;
   // Stop-and-copy steps, for the ACK (and this side's report).
   MonoClock::time_point final_round_at_;

@@ -73,7 +73,7 @@ void MigrationSender::Pace(uint64_t bytes_sent, absl::Time since) {
   }
 }
 
-absl::Status MigrationSender::Handshake() {
+absl::Status MigrationSender::SendHello() {
   proto::Hello h{};
   h.version = proto::kVersion;
   h.page_size = kPage;
@@ -90,17 +90,19 @@ absl::Status MigrationSender::Handshake() {
   }
   t_->SetDeadline(absl::Now() + opts_.phase_timeout, "the handshake");
   const std::vector<uint8_t> hello = proto::Bytes(h);
-  MonoClock::time_point hello_sent = MonoClock::now();
   RETURN_IF_ERROR(t_->Send(proto::MsgType::kHello, 0, hello));
   if (opts_.psk != nullptr) {
     // Nothing of the guest moves before the destination has proven the key, and the source
     // proves it only to a destination that has.
     ASSIGN_OR_RETURN(sealed_, AuthenticateAsSource(t_, *opts_.psk, nonce, hello));
     t_ = sealed_.get();
-    hello_sent = MonoClock::now();  // AUTH_PROOF sent: the last message before HELLO_ACK
   }
+  return absl::OkStatus();
+}
+
+absl::Status MigrationSender::AwaitHelloAck() {
+  t_->SetDeadline(absl::Now() + opts_.phase_timeout, "the handshake");
   ASSIGN_OR_RETURN(proto::Message ack, t_->Receive());
-  const double waited_ms = MsBetween(hello_sent, MonoClock::now());
   t_->SetDeadline(absl::InfiniteFuture(), "");
   if (ack.type == proto::MsgType::kAbort || ack.type == proto::MsgType::kHelloAck) {
     ASSIGN_OR_RETURN(auto st, proto::Parse<proto::StatusMsg>(
@@ -117,18 +119,32 @@ absl::Status MigrationSender::Handshake() {
                                                proto::MsgTypeName(ack.type)));
   }
   ASSIGN_OR_RETURN(proto::HelloAckMsg ha, proto::ParseHelloAck(ack.payload));
-  // The destination's own time between the last message and HELLO_ACK is not the link's: the
-  // rest of the wait is one control round trip (both messages' flight). Without a key the last
-  // message is the HELLO, and the destination's latency before it took the HELLO counts too.
-  const double setup_ms = ha.times.setup_ns / 1e6;
-  // A destination whose setup began before our wait (it overlapped the wait) leaves the whole
-  // wait as the bound: the round trip was no longer than that. Unmeasured, the estimate left
-  // out the ACK's flight, and the pause overran target + error (lab_downtime_tcp, once).
-  fixed_.round_trip_ms = setup_ms <= waited_ms ? waited_ms - setup_ms : waited_ms;
   if (ha.times.restore_ns > 0) {
     fixed_.dst_restore_ms = ha.times.restore_ns / 1e6;
   }
   return t_->SetPeerMemory(ha.regions);
+}
+
+absl::Status MigrationSender::MeasureRoundTrip() {
+  // One control message there and one back, as the pause's COMPLETE and ACK travel (the
+  // destination answers a PING at once).
+  const uint64_t seq = ++pings_;
+  t_->SetDeadline(absl::Now() + opts_.phase_timeout, "the round-trip measurement");
+  const MonoClock::time_point sent = MonoClock::now();
+  RETURN_IF_ERROR(t_->Send(proto::MsgType::kPing, seq, {}));
+  ASSIGN_OR_RETURN(proto::Message pong, t_->Receive());
+  const double rtt_ms = MsBetween(sent, MonoClock::now());
+  t_->SetDeadline(absl::InfiniteFuture(), "");
+  if (pong.type == proto::MsgType::kAbort) {
+    return Annotate(proto::AbortReason(pong), "the destination aborted");
+  }
+  if (pong.type != proto::MsgType::kPong || pong.arg != seq || !pong.payload.empty()) {
+    return absl::DataLossError(absl::StrFormat(
+        "expected PONG %d, got %s %d with %d payload bytes", seq, proto::MsgTypeName(pong.type),
+        pong.arg, pong.payload.size()));
+  }
+  fixed_.round_trip_ms = std::max(fixed_.round_trip_ms, rtt_ms);
+  return absl::OkStatus();
 }
 
 absl::Status MigrationSender::DryRunPause() {
@@ -400,7 +416,9 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
   stats.mem_bytes = m_->memory().size();
   int throttle = 0;
   absl::Status result = [&]() -> absl::Status {
-    RETURN_IF_ERROR(Annotate(Handshake(), "handshake"));
+    RETURN_IF_ERROR(Annotate(SendHello(), "handshake"));
+    // While the destination creates its VM and registers its memory, this side does its own
+    // setup; HELLO_ACK waits in the transport meanwhile.
     RETURN_IF_ERROR(Annotate(m_->dirty_log().Start(), "starting dirty logging"));
     // Scan for zero pages before registering memory for RDMA (which faults every page in and
     // so defeats mincore); a page written after the scan is in the next dirty set anyway.
@@ -408,6 +426,8 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
     PageBitmap pages = NonZeroPages(zero);
     stats.zero_pages_skipped = zero;
     RETURN_IF_ERROR(t_->AttachMemory(m_->memory().base(), m_->memory().size()).status());
+    RETURN_IF_ERROR(Annotate(AwaitHelloAck(), "handshake"));
+    RETURN_IF_ERROR(Annotate(MeasureRoundTrip(), "handshake"));
     stats.setup_time_ms = Ms(absl::Now() - start);
     stats.registration_ms = t_->stats().registration_ms;
     progress_(absl::StrFormat("connected, setup %.1f ms; round 1: all non-zero memory "

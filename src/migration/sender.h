@@ -44,7 +44,12 @@ class MigrationSender {
   absl::Status Run(MigrationStats& stats);
 
  private:
-  absl::Status Handshake();
+  // The handshake in two halves, so that the source's own setup (the zero-page scan, its
+  // memory registration) overlaps the destination's: HELLO (and, with a key, the proofs),
+  // then, after that setup, HELLO_ACK and a PING's round trip.
+  absl::Status SendHello();
+  absl::Status AwaitHelloAck();
+  absl::Status MeasureRoundTrip();
   // Sends one round; returns when its last Write returned (the Flush and END_ROUND follow).
   // The final round's progress line waits for the end of the pause (deferred_progress_).
   absl::StatusOr<MonoClock::time_point> SendRound(int round, const PageBitmap& pages,
@@ -67,6 +72,7 @@ class MigrationSender {
   ProgressFn progress_;
   std::vector<RoundSample> history_;
   FixedCosts fixed_;
+  uint32_t pings_ = 0;
   absl::Time paused_at_;
   MonoClock::time_point paused_mono_;   // the pause's start, for its phases and downtime
   MonoClock::time_point phase_start_;   // where the current pause phase began

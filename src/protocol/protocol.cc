@@ -27,6 +27,8 @@ const char* MsgTypeName(MsgType t) {
     case MsgType::kProgress: return "PROGRESS";
     case MsgType::kAuthChallenge: return "AUTH_CHALLENGE";
     case MsgType::kAuthProof: return "AUTH_PROOF";
+    case MsgType::kPing: return "PING";
+    case MsgType::kPong: return "PONG";
     default: return "INVALID";
   }
 }
@@ -64,6 +66,8 @@ uint64_t MaxPayload(MsgType type) {
     case MsgType::kProgress: return sizeof(uint64_t) + kSealOverhead;
     case MsgType::kAuthChallenge: return sizeof(AuthChallenge);
     case MsgType::kAuthProof: return sizeof(AuthProof);
+    case MsgType::kPing:
+    case MsgType::kPong: return kSealOverhead;  // empty, but sealed after the handshake
     default: return 0;
   }
 }

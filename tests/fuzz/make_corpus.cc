@@ -276,6 +276,7 @@ Bytes ReceiverSession(proto::TransportKind kind, uint32_t cpus, bool abort_midwa
   h.mem_size = 64 << 10;
   Bytes s{static_cast<uint8_t>(tcp ? 0 : 1)};
   Msg(s, MsgType::kHello, 0, proto::Bytes(h));
+  Msg(s, MsgType::kPing, 1, {});  // the source's round-trip measurement after HELLO_ACK
   Bytes mem(h.mem_size, 0);
   uint64_t total_pages = 0;
   for (uint32_t round = 1; round <= 2; ++round) {

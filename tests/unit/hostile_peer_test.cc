@@ -106,6 +106,12 @@ std::optional<RawMsg> ReadUntil(int fd, MsgType type) {
   }
 }
 
+// A destination's answer to the source's PING after HELLO_ACK (the round-trip measurement).
+bool AnswerPing(int fd) {
+  std::optional<RawMsg> ping = ReadUntil(fd, MsgType::kPing);
+  return ping && SendFrame(fd, MsgType::kPong, ping->arg, {});
+}
+
 int Listen(uint16_t& port) {
   for (int i = 0; i < 20; ++i) {
     port = Port();
@@ -183,6 +189,7 @@ TEST(HostileDestination, AnEarlyAckDoesNotCountAsTheAnswerToComplete) {
   absl::Status s = RunSender(a.machine.get(), [](int fd) {
     ASSERT_TRUE(ReadUntil(fd, MsgType::kHello));
     ASSERT_TRUE(SendFrame(fd, MsgType::kHelloAck, 0, OkStatus()));
+    ASSERT_TRUE(AnswerPing(fd));
     proto::Ack ack{};
     ack.status = proto::MakeStatusMsg(absl::OkStatus());
     ASSERT_TRUE(SendFrame(fd, MsgType::kAck, 0, proto::Bytes(ack)));
@@ -190,6 +197,26 @@ TEST(HostileDestination, AnEarlyAckDoesNotCountAsTheAnswerToComplete) {
   }, stats);
   EXPECT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()), testing::HasSubstr("does not answer this COMPLETE"));
+  EXPECT_EQ(stats.status, "failed");
+  ExpectGuestRunsToItsEnd(a);
+}
+
+// A PONG that answers another PING (or none) is not a round trip: the source refuses it and
+// keeps its guest.
+TEST(HostileDestination, APongForAnotherPingIsRefused) {
+  SourceVm a;
+  ASSERT_NO_FATAL_FAILURE(StartCounter(a));
+  MigrationStats stats;
+  absl::Status s = RunSender(a.machine.get(), [](int fd) {
+    ASSERT_TRUE(ReadUntil(fd, MsgType::kHello));
+    ASSERT_TRUE(SendFrame(fd, MsgType::kHelloAck, 0, OkStatus()));
+    std::optional<RawMsg> ping = ReadUntil(fd, MsgType::kPing);
+    ASSERT_TRUE(ping);
+    ASSERT_TRUE(SendFrame(fd, MsgType::kPong, ping->arg + 1, {}));
+    (void)ReadUntil(fd, MsgType::kAbort);
+  }, stats);
+  EXPECT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.message()), testing::HasSubstr("expected PONG 1, got PONG 2"));
   EXPECT_EQ(stats.status, "failed");
   ExpectGuestRunsToItsEnd(a);
 }
@@ -204,6 +231,7 @@ TEST(HostileDestination, PagesFromTheDestinationNeverReachTheSourcesMemory) {
   absl::Status s = RunSender(a.machine.get(), [](int fd) {
     ASSERT_TRUE(ReadUntil(fd, MsgType::kHello));
     ASSERT_TRUE(SendFrame(fd, MsgType::kHelloAck, 0, OkStatus()));
+    ASSERT_TRUE(AnswerPing(fd));
     std::vector<uint8_t> evil(4096, 0xf4);  // hlt over the guest's code page
     ASSERT_TRUE(SendFrame(fd, MsgType::kPages, kCodeAddr, evil, proto::kNoPayloadHash));
     (void)ReadUntil(fd, MsgType::kComplete);
@@ -229,6 +257,7 @@ TEST(HostileDestination, AStallInStopAndCopyResumesTheGuestWithinTheTimeout) {
   absl::Status s = RunSender(a.machine.get(), [&](int fd) {
     ASSERT_TRUE(ReadUntil(fd, MsgType::kHello));
     ASSERT_TRUE(SendFrame(fd, MsgType::kHelloAck, 0, OkStatus()));
+    ASSERT_TRUE(AnswerPing(fd));
     ASSERT_TRUE(ReadUntil(fd, MsgType::kComplete));
     complete_at = Clock::now();
     const std::vector<uint8_t> abort = Frame(
@@ -277,6 +306,7 @@ TEST(HostileDestination, APeerThatStopsReadingCannotHangTheSource) {
   absl::Status s = RunSender(a.machine.get(), [&](int fd) {
     ASSERT_TRUE(ReadUntil(fd, MsgType::kHello));
     ASSERT_TRUE(SendFrame(fd, MsgType::kHelloAck, 0, OkStatus()));
+    ASSERT_TRUE(AnswerPing(fd));
     const int small = 4096;
     ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
     // Reads nothing more, and keeps the connection open, until the source has given up.
@@ -300,6 +330,7 @@ TEST(HostileDestination, AfterAFailureTheSameSourceMigratesToAFreshDestination) 
   EXPECT_FALSE(RunSender(a.machine.get(), [](int fd) {
     ASSERT_TRUE(ReadUntil(fd, MsgType::kHello));
     ASSERT_TRUE(SendFrame(fd, MsgType::kHelloAck, 0, OkStatus()));
+    ASSERT_TRUE(AnswerPing(fd));
     (void)ReadUntil(fd, MsgType::kEndRound);  // then the destination dies
   }, first).ok());
   // The second destination is real: a receiver that checks the memory digest.
@@ -332,6 +363,10 @@ TEST(HostileDestination, AfterAFailureTheSameSourceMigratesToAFreshDestination) 
       if (!m.ok()) {
         recv_status = m.status();
         return;
+      }
+      if (m->type == MsgType::kPing) {
+        (void)(*t)->Send(MsgType::kPong, m->arg, {});
+        continue;
       }
       if (m->type == MsgType::kComplete) {
         auto c = proto::Parse<proto::Complete>(m->payload, m->type);
@@ -505,6 +540,40 @@ TEST(HostileSource, SigtermDuringTheHandshakeEndsTheDestination) {
   EXPECT_LT(SecondsSince(t0), 2);
   EXPECT_THAT(d.Stderr(), testing::HasSubstr("stopped by SIGTERM"));
   ::close(fd);
+}
+
+// The round-trip measurement's PING is answered, but is no lever: one before HELLO, or more
+// than kMaxPings, ends the migration.
+TEST(HostileSource, PingsAreAnsweredButBounded) {
+  Dst d({"--timeout", "10"});
+  const int fd = Connect(d.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(SendFrame(fd, MsgType::kHello, 0, proto::Bytes(ValidHello(16 << 20))));
+  std::optional<RawMsg> ack = ReadFrame(fd);
+  ASSERT_TRUE(ack && ack->type == MsgType::kHelloAck) << d.Stderr();
+  for (uint32_t i = 1; i <= proto::kMaxPings; ++i) {
+    ASSERT_TRUE(SendFrame(fd, MsgType::kPing, 1000 + i, {}));
+    std::optional<RawMsg> pong = ReadFrame(fd);
+    ASSERT_TRUE(pong && pong->type == MsgType::kPong) << d.Stderr();
+    EXPECT_EQ(pong->arg, 1000 + i);
+    EXPECT_TRUE(pong->payload.empty());
+  }
+  ASSERT_TRUE(SendFrame(fd, MsgType::kPing, 7, {}));
+  EXPECT_EQ(d.Wait(10), 1) << d.Stderr();
+  EXPECT_THAT(d.Stderr(), testing::HasSubstr("more than 16 PINGs"));
+  ::close(fd);
+}
+
+TEST(HostileSource, APingBeforeHelloIsRefused) {
+  Dst d({"--timeout", "2"});
+  const int fd = Connect(d.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(SendFrame(fd, MsgType::kPing, 1, {}));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  ::close(fd);
+  EXPECT_EQ(d.Wait(10), 1) << d.Stderr();
+  EXPECT_THAT(d.Stderr(), testing::HasSubstr("PING"));
+  EXPECT_THAT(d.Stderr(), testing::Not(testing::HasSubstr("dst: guest resumed")));
 }
 
 // A HELLO announcing 1 TiB was accepted (gigabytes of host memory) before anything was checked.

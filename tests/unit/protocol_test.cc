@@ -127,6 +127,8 @@ TEST(Protocol, EachMessageTypeHasAPayloadBound) {
            {MsgType::kAck, sizeof(proto::Ack) + proto::kMaxAckPhases * sizeof(proto::PhaseTiming) + kTag},
            {MsgType::kAbort, sizeof(proto::StatusMsg) + kTag},
            {MsgType::kProgress, 8 + kTag},
+           {MsgType::kPing, kTag},
+           {MsgType::kPong, kTag},
            {MsgType::kDeviceState, proto::kMaxDeviceState + kTag}}) {
     EXPECT_EQ(proto::MaxPayload(type), max) << proto::MsgTypeName(type);
     std::vector<uint8_t> payload(max);
