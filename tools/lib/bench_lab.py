@@ -206,9 +206,17 @@ def main():
     ap.add_argument("--tls-cost", type=int, metavar="REPS", default=0,
                     help="only the cost of TLS over TCP: REPS migrations with TLS and REPS "
                          "with --no-tls, interleaved; medians and ranges")
+    ap.add_argument("--against", metavar="BIN",
+                    help="only this build against another lmig-rdma binary BIN (e.g. an "
+                         "earlier commit's): --reps migrations each over --transport, "
+                         "interleaved; medians and ranges")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--transport", default="rdma", choices=("rdma", "tcp"))
     a = ap.parse_args()
     if a.tls_cost:
         return tls_cost(a)
+    if a.against:
+        return against(a)
     r = {"guest_mem": a.mem, "fill_mib": a.fill_mib, "qemu": pick_qemu(a.qemu)}
     log(f"QEMU peer: {r['qemu']}")
 
@@ -247,6 +255,55 @@ def median(xs):
     return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
+def table(runs, modes, title):
+    """A markdown table of medians (min-max) over RUNS[mode] for each of MODES (two), with the
+    ratio of the medians."""
+    measures = [
+        ("setup (ms)", lambda st: st["setup_time_ms"], 0),
+        ("of which memory registration (ms)", lambda st: st["registration_ms"], 0),
+        ("round-1 throughput (Gbit/s)", lambda st: st["per_round"][0]["rate_mbps"] / 1000.0, 3),
+        ("total migration time (ms)", lambda st: st["total_time_ms"], 0),
+        ("downtime (ms)", lambda st: st["downtime_ms"], 1),
+        ("migration-thread CPU per GiB sent (ms)",
+         lambda st: st["cpu_ms"] / (st["transferred_bytes"] / GIB), 0),
+    ]
+    lines = [title, f"| measure | {modes[0]} | {modes[1]} | ratio of medians |", "|---|---|---|---|"]
+    for name, f, digits in measures:
+        cells, meds = [], []
+        for mode in modes:
+            xs = [f(st) for st in runs[mode]]
+            meds.append(median(xs))
+            cells.append(f"{median(xs):.{digits}f} ({min(xs):.{digits}f}-{max(xs):.{digits}f})")
+        ratio = f"{meds[0] / meds[1]:.2f}" if meds[1] else "-"
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def against(a):
+    """This build's migrations against another binary's, interleaved so that drift in the
+    lab's speed hits both alike (each binary migrates to itself)."""
+    this = labkit.LMIG
+    runs = {"this build": [], "other": []}
+    for i in range(a.reps):
+        for mode, binary in (("this build", this), ("other", a.against)):
+            log(f"{mode} ({binary}) over {a.transport}, run {i + 1} of {a.reps}")
+            labkit.LMIG = binary
+            try:
+                runs[mode].append(lmig_migrate(a.transport, a.mem, a.fill_mib))
+            finally:
+                labkit.LMIG = this
+    with open(os.path.join(labkit.RESULTS, "against.json"), "w") as f:
+        json.dump({"against": a.against, "transport": a.transport, "mem": a.mem,
+                   "fill_mib": a.fill_mib, "runs": runs}, f, indent=2)
+    t = table(runs, ("this build", "other"),
+              f"{a.transport}, guest {a.mem} with {a.fill_mib} MiB non-zero; {a.reps} runs "
+              f"each, interleaved; median (min-max). Other: {a.against}.\n")
+    with open(os.path.join(labkit.RESULTS, "against.md"), "w") as f:
+        f.write(t)
+    print(t, flush=True)
+    return 0
+
+
 def tls_cost(a):
     """TCP migrations of the same guest with TLS (the default with a key) and with --no-tls,
     interleaved so that drift in the lab's speed hits both alike."""
@@ -259,28 +316,12 @@ def tls_cost(a):
     r = {"guest_mem": a.mem, "fill_mib": a.fill_mib, "reps": a.tls_cost, "runs": runs}
     with open(os.path.join(labkit.RESULTS, "tls-cost.json"), "w") as f:
         json.dump(r, f, indent=2)
-    measures = [
-        ("round-1 throughput (Gbit/s)", lambda st: st["per_round"][0]["rate_mbps"] / 1000.0, 3),
-        ("total migration time (ms)", lambda st: st["total_time_ms"], 0),
-        ("downtime (ms)", lambda st: st["downtime_ms"], 1),
-        ("migration-thread CPU per GiB sent (ms)",
-         lambda st: st["cpu_ms"] / (st["transferred_bytes"] / GIB), 0),
-    ]
-    lines = [f"Guest: {a.mem}, {a.fill_mib} MiB non-zero; {a.tls_cost} runs each, interleaved; "
-             f"median (min-max). TLS: {runs['tls'][0]['tls']}.\n",
-             "| measure | TCP with TLS | TCP --no-tls | ratio of medians |", "|---|---|---|---|"]
-    for name, f, digits in measures:
-        cells = []
-        meds = []
-        for mode in ("tls", "plain"):
-            xs = [f(st) for st in runs[mode]]
-            meds.append(median(xs))
-            cells.append(f"{median(xs):.{digits}f} ({min(xs):.{digits}f}-{max(xs):.{digits}f})")
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {meds[0] / meds[1]:.2f} |")
-    table = "\n".join(lines) + "\n"
+    tbl = table(runs, ("tls", "plain"),
+                f"Guest: {a.mem}, {a.fill_mib} MiB non-zero; {a.tls_cost} runs each, "
+                f"interleaved; median (min-max). TLS: {runs['tls'][0]['tls']}.\n")
     with open(os.path.join(labkit.RESULTS, "tls-cost.md"), "w") as f:
-        f.write(table)
-    print(table, flush=True)
+        f.write(tbl)
+    print(tbl, flush=True)
     return 0
 
 
