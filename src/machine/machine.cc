@@ -1,3 +1,6 @@
+// The machine itself: the VM, its vCPUs and devices created and wired, the boot vCPU pointed at
+// the kernel, each KVM exit handled on its vCPU thread, and Describe for a guest that seems
+// stuck. The vCPU threads, the dirty log and the state save/restore have files of their own.
 #include "src/machine/machine.h"
 
 #include <sys/eventfd.h>
