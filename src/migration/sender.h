@@ -25,6 +25,9 @@ struct SenderOptions {
   // The pre-shared key (not owned; null: unauthenticated, for loopback or --insecure peers).
   const crypto::Psk* psk = nullptr;
   uint64_t max_run_bytes = 1 << 20;  // coalesced run cap
+  // PING/PONG round trips after HELLO_ACK, on the idle connection (1..proto::kMaxPings): the
+  // slowest is the round trip the pause's estimate counts.
+  int round_trip_samples = 3;
   // During a round, a PROGRESS message at least this often (the destination's silence
   // timeout must not end a long RDMA round, whose writes it cannot see).
   absl::Duration alive_interval = absl::Seconds(5);

@@ -106,10 +106,15 @@ std::optional<RawMsg> ReadUntil(int fd, MsgType type) {
   }
 }
 
-// A destination's answer to the source's PING after HELLO_ACK (the round-trip measurement).
+// A destination's answers to the source's PINGs after HELLO_ACK (the round-trip measurement).
 bool AnswerPing(int fd) {
-  std::optional<RawMsg> ping = ReadUntil(fd, MsgType::kPing);
-  return ping && SendFrame(fd, MsgType::kPong, ping->arg, {});
+  for (int i = 0; i < SenderOptions().round_trip_samples; ++i) {
+    std::optional<RawMsg> ping = ReadUntil(fd, MsgType::kPing);
+    if (!ping || !SendFrame(fd, MsgType::kPong, ping->arg, {})) {
+      return false;
+    }
+  }
+  return true;
 }
 
 int Listen(uint16_t& port) {
