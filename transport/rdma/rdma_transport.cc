@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -23,6 +24,27 @@
 
 namespace lmig {
 namespace {
+
+// Runs FN(i) for every i in [0, N) on up to THREADS threads (this one included), each i once.
+void ParallelFor(int threads, size_t n, const std::function<void(size_t)>& fn) {
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < n;) {
+      fn(i);
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < std::min<int>(threads, static_cast<int>(n)); ++t) {
+    pool.emplace_back([&] {
+      NameThisThread("rdma-register");
+      work();
+    });
+  }
+  work();
+  for (std::thread& t : pool) {
+    t.join();
+  }
+}
 
 // Threads that register a guest of SIZE bytes: one per online CPU, at most 8, and none for
 // less than 128 MiB (where one thread is as fast).
@@ -111,24 +133,10 @@ class RdmaTransport : public Transport {
     for (size_t i = 0; i < offsets.size(); ++i) {
       mrs.emplace_back(absl::UnknownError("not registered"));
     }
-    std::atomic<size_t> next{0};
-    auto work = [&] {
-      for (size_t i; (i = next.fetch_add(1)) < offsets.size();) {
-        const uint64_t off = offsets[i];
-        mrs[i] = rdma::RegisterMr(conn_.pd(), base + off, std::min(chunk, size - off), access);
-      }
-    };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < std::min<int>(threads, static_cast<int>(offsets.size())); ++t) {
-      pool.emplace_back([&] {
-        NameThisThread("rdma-register");
-        work();
-      });
-    }
-    work();
-    for (std::thread& t : pool) {
-      t.join();
-    }
+    ParallelFor(threads, offsets.size(), [&](size_t i) {
+      const uint64_t off = offsets[i];
+      mrs[i] = rdma::RegisterMr(conn_.pd(), base + off, std::min(chunk, size - off), access);
+    });
     std::vector<RegionWire> regions;
     for (size_t i = 0; i < offsets.size(); ++i) {
       RETURN_IF_ERROR(mrs[i].status());
@@ -146,8 +154,8 @@ class RdmaTransport : public Transport {
   }
 
   absl::Status SetPeerMemory(std::span<const uint8_t> blob) override {
-    // The source learns its guest memory's size at AttachMemory, usually after this: the
-    // table is checked against it there.
+    // The source attaches its memory first (it registers while the destination does) and the
+    // table is checked against its size here; attached later, at AttachMemory.
     ASSIGN_OR_RETURN(peer_table_,
                      proto::DecodeRegionTable(blob, local_.empty() ? UINT64_MAX : mem_size_));
     remote_.clear();
@@ -177,8 +185,13 @@ class RdmaTransport : public Transport {
   }
 
   void RevokeRemoteAccess() override {
+    // Inside the pause on the destination: deregistering unpins every page, so the MRs go on
+    // as many threads as registered them (each rkey is invalid once its call returns, and all
+    // have returned when this does).
+    std::vector<rdma::Mr> mrs = std::move(mem_mrs_);
     mem_mrs_.clear();
     local_.clear();
+    ParallelFor(RegistrationThreads(mem_size_), mrs.size(), [&](size_t i) { mrs[i].reset(); });
   }
 
   void SetDeadline(absl::Time deadline, std::string what) override {
