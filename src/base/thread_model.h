@@ -25,11 +25,6 @@
 // throttle thread ("throttle", while --throttle or the auto-converge throttle is on): kicks
 //   the vCPUs every 10 ms so that each sleeps its share; it touches nothing else.
 //
-// registration threads ("rdma-register", RDMA AttachMemory only, guests of 128 MiB and up):
-//   up to one per online CPU (at most 8) register chunks of guest memory with ibv_reg_mr on
-//   the connection's PD, each touching only its own result slot; the calling (migration)
-//   thread joins them before it goes on.
-//
 // Parallel streams (--streams, to come) add one reactor thread per stream, pinned to a core,
 // owning that stream's connection; the migration thread hands them work by message.
 #pragma once

@@ -4,17 +4,11 @@
 // rdma_transport.h are here too.
 #include "transport/rdma/rdma_transport.h"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <atomic>
-#include <functional>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_format.h"
 #include "include/lmig/status.h"
-#include "src/base/thread_model.h"
 #include "src/reactor/completion_token.h"
 #include "transport/rdma/cm_endpoint.h"
 #include "transport/rdma/control_stream.h"
@@ -25,36 +19,6 @@
 namespace lmig {
 namespace {
 
-// Runs FN(i) for every i in [0, N) on up to THREADS threads (this one included), each i once.
-void ParallelFor(int threads, size_t n, const std::function<void(size_t)>& fn) {
-  std::atomic<size_t> next{0};
-  auto work = [&] {
-    for (size_t i; (i = next.fetch_add(1)) < n;) {
-      fn(i);
-    }
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < std::min<int>(threads, static_cast<int>(n)); ++t) {
-    pool.emplace_back([&] {
-      NameThisThread("rdma-register");
-      work();
-    });
-  }
-  work();
-  for (std::thread& t : pool) {
-    t.join();
-  }
-}
-
-// Threads that register a guest of SIZE bytes: one per online CPU, at most 8, and none for
-// less than 128 MiB (where one thread is as fast).
-int RegistrationThreads(uint64_t size) {
-  const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
-  if (size < (128ull << 20) || cpus < 2) {
-    return 1;
-  }
-  return static_cast<int>(std::min<long>(cpus, 8));
-}
 
 using proto::RegionWire;
 using rdma::CmEndpoint;
@@ -115,36 +79,14 @@ class RdmaTransport : public Transport {
     // page, which the guest's first write replaces (copy-on-write) behind the MR's back.
     const int access =
         source ? IBV_ACCESS_LOCAL_WRITE : (IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
-    // Registration pins (and first faults in) every page: on a fresh destination it is most
-    // of the setup. The chunks are registered by a few threads at once (verbs are
-    // thread-safe), cut smaller so that even a small guest has one for each.
-    const int threads = RegistrationThreads(size);
-    if (threads > 1) {
-      constexpr uint64_t k2MiB = 2ull << 20;
-      chunk = std::min(chunk, std::max<uint64_t>(64ull << 20,
-                                                 (size / threads + k2MiB - 1) & ~(k2MiB - 1)));
-    }
-    std::vector<uint64_t> offsets;
-    for (uint64_t off = 0; off < size; off += chunk) {
-      offsets.push_back(off);
-    }
-    std::vector<absl::StatusOr<rdma::Mr>> mrs;
-    mrs.reserve(offsets.size());
-    for (size_t i = 0; i < offsets.size(); ++i) {
-      mrs.emplace_back(absl::UnknownError("not registered"));
-    }
-    ParallelFor(threads, offsets.size(), [&](size_t i) {
-      const uint64_t off = offsets[i];
-      mrs[i] = rdma::RegisterMr(conn_.pd(), base + off, std::min(chunk, size - off), access);
-    });
     std::vector<RegionWire> regions;
-    for (size_t i = 0; i < offsets.size(); ++i) {
-      RETURN_IF_ERROR(mrs[i].status());
-      const uint64_t off = offsets[i], len = std::min(chunk, size - off);
+    for (uint64_t off = 0; off < size; off += chunk) {
+      const uint64_t len = std::min(chunk, size - off);
+      ASSIGN_OR_RETURN(rdma::Mr mr, rdma::RegisterMr(conn_.pd(), base + off, len, access));
       const auto addr = reinterpret_cast<uint64_t>(base + off);
-      regions.push_back({off, len, addr, (*mrs[i])->rkey, 0});
-      local_.push_back({off, len, addr, (*mrs[i])->lkey});
-      mem_mrs_.push_back(std::move(*mrs[i]));
+      regions.push_back({off, len, addr, mr->rkey, 0});
+      local_.push_back({off, len, addr, mr->lkey});
+      mem_mrs_.push_back(std::move(mr));
     }
     stats_.registration_ms += absl::ToDoubleMilliseconds(absl::Now() - start);
     if (source) {
@@ -185,9 +127,6 @@ class RdmaTransport : public Transport {
   }
 
   void RevokeRemoteAccess() override {
-    // One thread: inside the pause, threads started for it cost more than they save (the
-    // lab's idle RDMA guest: dst.remote_access_revoked 6.7 ms on two threads, 0.9-4.3 ms on
-    // one).
     mem_mrs_.clear();
     local_.clear();
   }
