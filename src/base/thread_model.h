@@ -25,8 +25,9 @@
 // throttle thread ("throttle", while --throttle or the auto-converge throttle is on): kicks
 //   the vCPUs every 10 ms so that each sleeps its share; it touches nothing else.
 //
-// Parallel streams (--streams, to come) add one reactor thread per stream, pinned to a core,
-// owning that stream's connection; the migration thread hands them work by message.
+// Not built yet: parallel streams (--streams), which will add one reactor thread per stream,
+// pinned to a core and owning that stream's connection; the migration thread will hand them
+// work by message.
 #pragma once
 
 #include <pthread.h>
