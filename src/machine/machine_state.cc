@@ -11,20 +11,11 @@
 
 #include "absl/strings/str_format.h"
 #include "include/lmig/status.h"
+#include "src/base/mono_clock.h"
 #include "src/machine/machine.h"
 #include "src/machine/state_codec.h"
 
 namespace lmig {
-namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double MsBetween(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
-
-}  // namespace
-
 const char* StateCallName(StateCall c) {
   switch (c) {
     case StateCall::kCpuid: return "cpuid";
@@ -52,16 +43,16 @@ namespace {
 // vCPU or VM-wide total).
 class Laps {
  public:
-  explicit Laps(StateTiming& t) : t_(t), last_(std::chrono::steady_clock::now()) {}
+  explicit Laps(StateTiming& t) : t_(t), last_(MonoClock::now()) {}
   void Lap(StateCall c) {
-    const auto now = std::chrono::steady_clock::now();
+    const auto now = MonoClock::now();
     t_.call_ms[static_cast<int>(c)] += MsBetween(last_, now);
     last_ = now;
   }
 
  private:
   StateTiming& t_;
-  std::chrono::steady_clock::time_point last_;
+  MonoClock::time_point last_;
 };
 
 }  // namespace
@@ -72,13 +63,13 @@ absl::StatusOr<std::vector<uint8_t>> Machine::SaveState() {
 }
 
 absl::StatusOr<SavedState> Machine::SaveStateTimed() {
-  const Clock::time_point start = Clock::now();
+  const MonoClock::time_point start = MonoClock::now();
   SavedState out;
   StateTiming& t = out.timing;
   Laps laps(t);
   StateWriter w;
   for (auto& vp : vcpus_) {
-    const Clock::time_point vcpu_start = Clock::now();
+    const MonoClock::time_point vcpu_start = MonoClock::now();
     VcpuFd& v = *vp;
     const uint32_t id = static_cast<uint32_t>(v.id());
     // KVM_GET_CPUID2 is not in every kernel's uapi; the VMM set the table, so it knows it.
@@ -116,9 +107,9 @@ absl::StatusOr<SavedState> Machine::SaveStateTimed() {
     ASSIGN_OR_RETURN(kvm_debugregs dr, v.GetDebugRegs());
     w.AddPod(StateTag::kDebugRegs, id, dr);
     laps.Lap(StateCall::kDebugRegs);
-    t.vcpu_ms.push_back(MsBetween(vcpu_start, Clock::now()));
+    t.vcpu_ms.push_back(MsBetween(vcpu_start, MonoClock::now()));
   }
-  const Clock::time_point vm_start = Clock::now();
+  const MonoClock::time_point vm_start = MonoClock::now();
   for (uint32_t chip : {KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC}) {
     ASSIGN_OR_RETURN(kvm_irqchip c, vm_.GetIrqchip(chip));
     w.AddPod(StateTag::kIrqchip, kVmWide, c);
@@ -134,7 +125,7 @@ absl::StatusOr<SavedState> Machine::SaveStateTimed() {
   w.Add(StateTag::kUart, kVmWide, uart.data(), uart.size());
   out.blob = w.Finish();
   laps.Lap(StateCall::kUart);
-  const Clock::time_point end = Clock::now();
+  const MonoClock::time_point end = MonoClock::now();
   t.vm_ms = MsBetween(vm_start, end);
   t.total_ms = MsBetween(start, end);
   return out;
@@ -153,14 +144,14 @@ absl::Status Machine::RestoreState(std::span<const uint8_t> blob) {
 }
 
 absl::StatusOr<StateTiming> Machine::RestoreStateTimed(std::span<const uint8_t> blob) {
-  const Clock::time_point start = Clock::now();
+  const MonoClock::time_point start = MonoClock::now();
   StateTiming t;
   Laps laps(t);
   // Nothing reaches KVM before the whole blob is known to be complete and well-formed.
   ASSIGN_OR_RETURN(ValidatedState st, ValidateState(blob, state_limits()));
   laps.Lap(StateCall::kValidate);
   for (size_t id = 0; id < vcpus_.size(); ++id) {
-    const Clock::time_point vcpu_start = Clock::now();
+    const MonoClock::time_point vcpu_start = MonoClock::now();
     VcpuFd& v = *vcpus_[id];
     const VcpuState& s = st.vcpus[id];
     RETURN_IF_ERROR(v.SetCpuid(s.cpuid));
@@ -184,9 +175,9 @@ absl::StatusOr<StateTiming> Machine::RestoreStateTimed(std::span<const uint8_t> 
     RETURN_IF_ERROR(v.SetVcpuEvents(s.events));
     laps.Lap(StateCall::kEvents);
     cpuid_[id] = s.cpuid;
-    t.vcpu_ms.push_back(MsBetween(vcpu_start, Clock::now()));
+    t.vcpu_ms.push_back(MsBetween(vcpu_start, MonoClock::now()));
   }
-  const Clock::time_point vm_start = Clock::now();
+  const MonoClock::time_point vm_start = MonoClock::now();
   for (const kvm_irqchip& c : st.irqchips) {
     RETURN_IF_ERROR(vm_.SetIrqchip(c));
   }
@@ -197,7 +188,7 @@ absl::StatusOr<StateTiming> Machine::RestoreStateTimed(std::span<const uint8_t> 
   laps.Lap(StateCall::kClock);
   uart_->Restore(st.uart);
   laps.Lap(StateCall::kUart);
-  const Clock::time_point end = Clock::now();
+  const MonoClock::time_point end = MonoClock::now();
   t.vm_ms = MsBetween(vm_start, end);
   t.total_ms = MsBetween(start, end);
   return t;

@@ -28,10 +28,6 @@ void InstallKickHandler() {
   });
 }
 
-double MsBetween(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
-
 }  // namespace
 
 VcpuRunner::VcpuRunner(const std::vector<std::unique_ptr<VcpuFd>>& vcpus, ExitHandler on_exit,

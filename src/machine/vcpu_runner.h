@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "src/base/mono_clock.h"
 #include "src/base/unique_fd.h"
 #include "src/kvm/kvm.h"
 
@@ -79,7 +80,7 @@ class VcpuRunner {
   uint64_t exit_count() const { return exits_.load(); }
 
  private:
-  using Clock = std::chrono::steady_clock;
+  using Clock = MonoClock;
   // Creates the threads (caller holds mu_).
   void SpawnThreads();
   // Makes every vCPU thread but the caller's leave KVM_RUN at once (immediate_exit + signal).

@@ -15,10 +15,6 @@
 
 namespace lmig {
 
-double MsBetween(MonoClock::time_point from, MonoClock::time_point to) {
-  return std::chrono::duration<double, std::milli>(to - from).count();
-}
-
 bool PhaseCheck::Within(double fraction, double total_ms) const {
   return std::abs(unaccounted_ms) <= fraction * total_ms;
 }

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "include/lmig/protocol.h"
+#include "src/base/mono_clock.h"
 
 namespace lmig {
 
@@ -61,9 +62,7 @@ inline constexpr const char* kSourcePausePhases[] = {
 };
 void AddMissingPhases(std::vector<Phase>& phases, std::span<const char* const> expected);
 
-// Monotonic time for the phases.
-using MonoClock = std::chrono::steady_clock;
-double MsBetween(MonoClock::time_point from, MonoClock::time_point to);
+// Monotonic time for the phases: MonoClock and MsBetween (src/base/mono_clock.h).
 
 // The destination's phase table from its ACK (already checked with proto::CheckPhaseTimings)
 // as phases: IN_PAUSE, in order, from COMPLETE in hand to the ACK (complete_checked,

@@ -240,13 +240,7 @@ def main():
     # The link measured again after the migrations: rxe's rate drifts under TCG.
     r["ib_write_bw_after_gbps"] = ib_write_bw(65536)
 
-    with open(os.path.join(labkit.RESULTS, "bench.json"), "w") as f:
-        json.dump(r, f, indent=2)
-    table = render(r)
-    with open(os.path.join(labkit.RESULTS, "bench.md"), "w") as f:
-        f.write(table)
-    print(table, flush=True)
-    return 0
+    return write_results("bench", r, render(r))
 
 
 def median(xs):
@@ -279,6 +273,16 @@ def table(runs, modes, title):
     return "\n".join(lines) + "\n"
 
 
+def write_results(name, data, tbl):
+    """RESULTS/NAME.json (DATA) and RESULTS/NAME.md (the table TBL), and TBL printed."""
+    with open(os.path.join(labkit.RESULTS, f"{name}.json"), "w") as f:
+        json.dump(data, f, indent=2)
+    with open(os.path.join(labkit.RESULTS, f"{name}.md"), "w") as f:
+        f.write(tbl)
+    print(tbl, flush=True)
+    return 0
+
+
 def against(a):
     """This build's migrations against another binary's, interleaved so that drift in the
     lab's speed hits both alike (each binary migrates to itself)."""
@@ -292,16 +296,12 @@ def against(a):
                 runs[mode].append(lmig_migrate(a.transport, a.mem, a.fill_mib))
             finally:
                 labkit.LMIG = this
-    with open(os.path.join(labkit.RESULTS, "against.json"), "w") as f:
-        json.dump({"against": a.against, "transport": a.transport, "mem": a.mem,
-                   "fill_mib": a.fill_mib, "runs": runs}, f, indent=2)
-    t = table(runs, ("this build", "other"),
+    return write_results(
+        "against", {"against": a.against, "transport": a.transport, "mem": a.mem,
+                    "fill_mib": a.fill_mib, "runs": runs},
+        table(runs, ("this build", "other"),
               f"{a.transport}, guest {a.mem} with {a.fill_mib} MiB non-zero; {a.reps} runs "
-              f"each, interleaved; median (min-max). Other: {a.against}.\n")
-    with open(os.path.join(labkit.RESULTS, "against.md"), "w") as f:
-        f.write(t)
-    print(t, flush=True)
-    return 0
+              f"each, interleaved; median (min-max). Other: {a.against}.\n"))
 
 
 def tls_cost(a):
@@ -313,16 +313,12 @@ def tls_cost(a):
             log(f"TCP {mode}, run {i + 1} of {a.tls_cost}: {a.mem} guest, {a.fill_mib} MiB "
                 f"non-zero")
             runs[mode].append(lmig_migrate("tcp", a.mem, a.fill_mib, extra))
-    r = {"guest_mem": a.mem, "fill_mib": a.fill_mib, "reps": a.tls_cost, "runs": runs}
-    with open(os.path.join(labkit.RESULTS, "tls-cost.json"), "w") as f:
-        json.dump(r, f, indent=2)
-    tbl = table(runs, ("tls", "plain"),
-                f"Guest: {a.mem}, {a.fill_mib} MiB non-zero; {a.tls_cost} runs each, "
-                f"interleaved; median (min-max). TLS: {runs['tls'][0]['tls']}.\n")
-    with open(os.path.join(labkit.RESULTS, "tls-cost.md"), "w") as f:
-        f.write(tbl)
-    print(tbl, flush=True)
-    return 0
+    return write_results(
+        "tls-cost", {"guest_mem": a.mem, "fill_mib": a.fill_mib, "reps": a.tls_cost,
+                     "runs": runs},
+        table(runs, ("tls", "plain"),
+              f"Guest: {a.mem}, {a.fill_mib} MiB non-zero; {a.tls_cost} runs each, "
+              f"interleaved; median (min-max). TLS: {runs['tls'][0]['tls']}.\n"))
 
 
 def render(r):
