@@ -43,6 +43,7 @@ inline proto::Hello ValidHello(uint64_t mem, proto::TransportKind transport =
   h.transport = static_cast<uint32_t>(transport);
   h.dirty_mode = proto::DirtyMode::kRing;
   h.auth = static_cast<uint32_t>(auth);
+  h.streams = 1;
   return h;
 }
 

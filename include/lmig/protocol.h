@@ -4,7 +4,7 @@
 // Message sequence (src = source, dst = destination):
 //
 //   src -> dst  kHello        Hello: version, page size, memory size, vCPUs, features,
-//                             transport, auth mode, the source's fresh nonce
+//                             transport, auth mode, stream count, the source's fresh nonce
 //   -- with a pre-shared key (--psk-file on both sides; src/crypto/auth.h has the scheme) --
 //   dst -> src  kAuthChallenge AuthChallenge: the destination's fresh nonce and its proof
 //                             (HMAC under the PSK over both nonces, its role, its own nonce)
@@ -13,9 +13,21 @@
 //               session keys derived from the PSK and both nonces (secure_channel.h): the
 //               payload is sealed, the AAD is the type and arg, the record counter implicit.
 //   -------------------------------------------------------------------------------------
-//   dst -> src  kHelloAck     StatusMsg, HelloAckTimes (+ RDMA: the destination's memory
-//                             regions and rkeys, a RegionWire table; the destination registers
-//                             memory only after authentication)
+//   dst -> src  kHelloAck     StatusMsg, HelloAckTimes, StreamKey (+ RDMA: the destination's
+//                             memory regions and rkeys, a RegionWire table; the destination
+//                             registers memory only after authentication)
+//   -- with Hello::streams = N > 1 (TCP): streams 1..N-1, each a connection of its own to the
+//      same address (its own TLS handshake when TLS is on), opened after HELLO_ACK --------
+//   src -> dst  kStreamJoin   StreamJoin, the connection's first message: its index and a
+//                             proof under HELLO_ACK's StreamKey (StreamJoinProof). Anything
+//                             else, a wrong proof, an index out of 1..N-1 or taken: dropped
+//   src -> dst  kPages        on any stream: the source's chunk splitter gives each 2 MiB chunk
+//                             of guest memory to one stream (SplitByChunk)
+//   src -> dst  kStreamEnd    on streams 1..N-1, after their share of each round (arg = round):
+//                             StreamEnd, the bytes of pages it carried in the round. The
+//                             destination's round barrier completes round n only once every
+//                             stream's marker for n is in; END_ROUND (stream 0) then counts.
+//   -------------------------------------------------------------------------------------
 //   src -> dst  kPages        (TCP only) arg = RAM offset, payload = the pages; over RDMA the
 //                             pages land by one-sided RDMA WRITE and no message is sent
 //   src -> dst  kEndRound     EndRound: after every pre-copy round, and after the final one
@@ -60,8 +72,11 @@ namespace lmig::proto {
 
 inline constexpr uint32_t kMagic = 0x47494d4c;  // "LMIG"
 // 2: PROGRESS; 3: ACK echoes COMPLETE; 4: PSK auth; 5: ACK carries the destination's phases;
-// 6: HELLO_ACK carries HelloAckTimes; 7: kTlsAccepted after the TLS handshake; 8: PING/PONG
-inline constexpr uint32_t kVersion = 8;
+// 6: HELLO_ACK carries HelloAckTimes; 7: kTlsAccepted after the TLS handshake; 8: PING/PONG;
+// 9: parallel streams (Hello::streams, StreamKey, STREAM_JOIN, STREAM_END)
+inline constexpr uint32_t kVersion = 9;
+// Streams of one migration (Hello::streams): 1..kMaxStreams.
+inline constexpr uint32_t kMaxStreams = 64;
 // Over TLS the destination's first application record, once its handshake has checked the
 // source: a TLS 1.3 client's handshake ends before the server has seen the client's
 // certificate and Finished, so the source waits for this (or the refusing alert) before it
@@ -80,7 +95,7 @@ inline constexpr uint64_t kMaxDeviceState = 8ull << 20;
 inline constexpr uint32_t kMaxRegions = 64 << 10;
 // HELLO_ACK: a StatusMsg, HelloAckTimes and, over RDMA, the region table (an 8-byte count and
 // kMaxRegions 32-byte RegionWire entries at most); the sizes are checked below.
-inline constexpr uint64_t kMaxHelloAck = 256 + 16 + 8 + uint64_t{kMaxRegions} * 32;
+inline constexpr uint64_t kMaxHelloAck = 256 + 16 + 32 + 8 + uint64_t{kMaxRegions} * 32;
 
 enum class MsgType : uint16_t {
   kInvalid = 0,
@@ -103,8 +118,12 @@ enum class MsgType : uint16_t {
   // for the ACK's way back; at most kMaxPings per migration.
   kPing = 12,
   kPong = 13,
+  // Parallel streams (Hello::streams > 1): a further stream's first message, and its marker
+  // at the end of its share of a round (arg = round).
+  kStreamJoin = 14,
+  kStreamEnd = 15,
 };
-inline constexpr uint16_t kLastMsgType = 13;
+inline constexpr uint16_t kLastMsgType = 15;
 inline constexpr uint32_t kMaxPings = 16;
 // Bytes a sealed control record adds to its payload (the AES-GCM tag).
 inline constexpr uint64_t kSealOverhead = 16;
@@ -145,7 +164,7 @@ struct Hello {
   uint32_t transport;    // TransportKind
   DirtyMode dirty_mode;  // informational
   uint32_t auth;         // AuthMode
-  uint32_t reserved;     // 0
+  uint32_t streams;      // connections the migration uses, stream 0 included: 1..kMaxStreams
   uint8_t nonce[32];     // the source's fresh nonce (AuthMode::kPsk)
 };
 static_assert(sizeof(Hello) == 72);
@@ -201,16 +220,27 @@ struct HelloAckTimes {
 };
 static_assert(sizeof(HelloAckTimes) == 16);
 
+// After HelloAckTimes: the key further streams prove they belong to this migration with
+// (fresh from the OS CSPRNG for each migration; all zero with one stream or in a refusal). It
+// travels only on stream 0, which is sealed or TLS-protected whenever the migration is
+// authenticated.
+struct StreamKey {
+  uint8_t key[32];
+};
+static_assert(sizeof(StreamKey) == 32);
+
 // A HELLO_ACK payload.
 struct HelloAckMsg {
   StatusMsg status;
   HelloAckTimes times;
+  StreamKey stream_key;
   std::vector<uint8_t> regions;  // the transport's blob (RDMA region table), may be empty
 };
 std::vector<uint8_t> HelloAckBytes(const absl::Status& s, const HelloAckTimes& times,
-                                   std::span<const uint8_t> regions);
-// Parses a HELLO_ACK payload: a StatusMsg, HelloAckTimes (values within kMaxPhaseNs), the rest
-// is the region blob. Error names what is short or out of range.
+                                   std::span<const uint8_t> regions,
+                                   const StreamKey& stream_key = {});
+// Parses a HELLO_ACK payload: a StatusMsg, HelloAckTimes (values within kMaxPhaseNs), a
+// StreamKey; the rest is the region blob. Error names what is short or out of range.
 absl::StatusOr<HelloAckMsg> ParseHelloAck(std::span<const uint8_t> payload);
 
 // The region table, HELLO_ACK's blob over RDMA: where the destination registered its guest
@@ -229,7 +259,8 @@ struct RegionWire {
 };
 static_assert(sizeof(RegionWire) == 32);
 inline constexpr uint64_t kRegionTableHeader = 8;
-static_assert(kMaxHelloAck == sizeof(StatusMsg) + sizeof(HelloAckTimes) + kRegionTableHeader +
+static_assert(kMaxHelloAck == sizeof(StatusMsg) + sizeof(HelloAckTimes) + sizeof(StreamKey) +
+                                  kRegionTableHeader +
                                   uint64_t{kMaxRegions} * sizeof(RegionWire));
 // Checks REGIONS as a destination's table for MEM_SIZE bytes of guest memory: 1..kMaxRegions
 // entries, reserved fields zero, each length nonzero, offsets and lengths page-aligned, offset
@@ -243,6 +274,22 @@ absl::StatusOr<std::vector<uint8_t>> EncodeRegionTable(std::span<const RegionWir
 // header and count entries. Error names what is malformed and which entry.
 absl::StatusOr<std::vector<RegionWire>> DecodeRegionTable(std::span<const uint8_t> blob,
                                                           uint64_t mem_size);
+
+// A further stream's first message. proof = StreamJoinProof(key, stream, streams).
+struct StreamJoin {
+  uint32_t stream;    // 1..Hello::streams - 1
+  uint32_t reserved;  // 0
+  uint8_t proof[32];
+};
+static_assert(sizeof(StreamJoin) == 40);
+
+// A further stream's marker after its share of a round (arg = the round).
+struct StreamEnd {
+  uint64_t bytes;        // of pages this stream carried in the round
+  uint32_t final_round;  // 1 after the stop-and-copy round: the stream carries nothing more
+  uint32_t reserved;     // 0
+};
+static_assert(sizeof(StreamEnd) == 16);
 
 // The destination's answer to COMPLETE, followed by num_phases PhaseTiming entries.
 struct Ack {

@@ -3,7 +3,8 @@
 // the destination's memory. TCP sends them as kPages frames (zero-copy from guest memory where
 // io_uring offers SEND_ZC); RDMA writes them with one-sided RDMA WRITEs.
 //
-// A transport is used by one thread (the migration thread), which drives its own io_uring.
+// A transport is used by one thread at a time (the migration thread, or a stream's reactor),
+// which drives its own io_uring; only Shutdown may come from another thread.
 #pragma once
 
 #include <cstdint>
@@ -83,6 +84,11 @@ class Transport {
 
   // Destination: invalidates remote access to local memory (RDMA deregisters its MRs).
   virtual void RevokeRemoteAccess() {}
+
+  // Any thread, while the owning thread may be waiting in a call: ends the connection's every
+  // wait at once (TCP: shutdown(2); the owner's call fails, the object stays valid until its
+  // owner destroys it). For the parallel streams' teardown.
+  virtual void Shutdown() {}
 
   virtual TransportStats stats() const = 0;
 };

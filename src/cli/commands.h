@@ -47,6 +47,7 @@ struct SourceFlags {
   double retry_delay_s = 5;
   bool verify_memory = false;
   bool no_throttle = false;
+  int streams = 0;          // parallel streams; 0: TCP the online CPUs (at most 8), RDMA 1
 };
 
 struct DestFlags {

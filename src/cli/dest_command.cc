@@ -148,6 +148,15 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
   ropts.phase_timeout = topts.timeout;
   ropts.hello_timeout = std::min(topts.timeout, absl::Seconds(10));
   ropts.max_time = absl::Seconds(flags.max_time_s);
+  std::unique_ptr<Listener> listener;
+  // A migration's further streams come to the same address (until all have joined).
+  ropts.accept_stream = [&listener](absl::Time deadline)
+      -> absl::StatusOr<std::unique_ptr<Transport>> {
+    if (listener == nullptr) {
+      return absl::FailedPreconditionError("no longer listening");
+    }
+    return listener->Accept(deadline);
+  };
   // The stop signals go to a signalfd from here on (before any thread starts, so every thread
   // inherits the mask), and one cancels the incoming migration's every wait.
   ASSIGN_OR_RETURN(UniqueFd signals, BlockStopSignals());
@@ -159,7 +168,7 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
     handover.committed = !handover.stopped;
     return handover.committed;
   };
-  ASSIGN_OR_RETURN(auto listener, ListenTransport(kind, where.host, where.port, topts));
+  ASSIGN_OR_RETURN(listener, ListenTransport(kind, where.host, where.port, topts));
   const std::string protection =
       authenticated ? ProtectionOf(flags.transport, ropts.psk, topts.tls.get())
       : flags.insecure
@@ -238,9 +247,19 @@ absl::StatusOr<int> DestCommand(const DestFlags& flags) {
       }
       stats = MigrationStats();
       auto r = std::make_unique<MigrationReceiver>(t->get(), ropts, create, progress);
-      // One migration at a time: from a valid HELLO on, connection attempts are refused.
-      r->set_on_accepted([&listener] { listener.reset(); });
+      // One migration at a time: from a valid HELLO on, connection attempts are refused (with
+      // N streams, once the further streams have joined).
+      bool accepted = false;
+      r->set_on_accepted([&listener, &accepted](const proto::Hello& h) {
+        accepted = true;
+        if (h.streams == 1) {
+          listener.reset();
+        }
+      });
       absl::Status hs = r->Handshake(stats);
+      if (accepted) {
+        listener.reset();
+      }
       if (hs.ok()) {
         transport = std::move(*t);
         receiver = std::move(r);

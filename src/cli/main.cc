@@ -82,6 +82,9 @@ void AddOutgoingFlags(CLI::App* app, lmig::SourceFlags& f, bool source) {
   app->add_flag("--verify-memory", f.verify_memory,
                 "hash all guest memory on both sides at the end (adds downtime)");
   app->add_flag("--no-throttle", f.no_throttle, "never throttle vCPUs to force convergence");
+  app->add_option("--streams", f.streams,
+                  "parallel connections, each on a reactor thread of its own (TCP; default: "
+                  "the online CPUs, at most 8; RDMA: 1)");
   if (!source) {
     app->add_option("--out-stats-json", f.transport.stats_json,
                     "statistics of the onward migration as JSON");

@@ -2,6 +2,10 @@
 // (src/cli/outgoing_migration.h).
 #include "src/cli/outgoing_migration.h"
 
+#include <unistd.h>
+
+#include <algorithm>
+
 #include "absl/strings/str_format.h"
 
 namespace lmig {
@@ -75,6 +79,26 @@ absl::StatusOr<TransportOptions> OptionsOf(const TransportFlags& f, const crypto
         absl::StrFormat("--timeout %d: must be at least 1 second", f.timeout_s));
   }
   return o;
+}
+
+absl::StatusOr<int> StreamsOf(int flag, proto::TransportKind kind) {
+  if (flag < 0 || flag > static_cast<int>(proto::kMaxStreams)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--streams %d: 1..%d (0: the default)", flag, proto::kMaxStreams));
+  }
+  if (kind == proto::TransportKind::kRdma) {
+    if (flag > 1) {
+      return absl::UnimplementedError(absl::StrFormat(
+          "--streams %d: over RDMA this build migrates on one queue pair (--streams 1); "
+          "parallel streams are TCP's so far", flag));
+    }
+    return 1;
+  }
+  if (flag > 0) {
+    return flag;
+  }
+  const long online = ::sysconf(_SC_NPROCESSORS_ONLN);
+  return static_cast<int>(std::clamp<long>(online, 1, 8));
 }
 
 void Report(const char* role, const MigrationStats& stats, const std::string& json_path) {

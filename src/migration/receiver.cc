@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "include/lmig/status.h"
 #include "src/migration/secure_channel.h"
+#include "src/migration/stream_join.h"
 
 namespace lmig {
 
@@ -40,6 +41,11 @@ absl::Status MigrationReceiver::OnHello(const proto::Message& m) {
   limits.auth = opts_.psk != nullptr ? proto::AuthMode::kPsk : proto::AuthMode::kNone;
   limits.transport = t_->kind();
   absl::Status s = proto::CheckHello(hello_, limits);
+  if (s.ok() && hello_.streams > 1 && !opts_.accept_stream) {
+    s = absl::UnimplementedError(absl::StrFormat(
+        "the source asks for %d streams, this destination takes one (--streams 1)",
+        hello_.streams));
+  }
   if (s.ok() && opts_.psk != nullptr) {
     // Before anything is created, registered or disclosed: the source proves the key.
     auto sealed = AuthenticateAsDestination(t_, *opts_.psk, m.payload);
@@ -53,7 +59,15 @@ absl::Status MigrationReceiver::OnHello(const proto::Message& m) {
   std::vector<uint8_t> blob;
   proto::HelloAckTimes times{};
   if (s.ok() && on_accepted_) {
-    on_accepted_();
+    on_accepted_(hello_);
+  }
+  proto::StreamKey stream_key{};
+  if (s.ok() && hello_.streams > 1) {
+    auto k = NewStreamKey();
+    s = k.status();
+    if (s.ok()) {
+      stream_key = *k;
+    }
   }
   if (s.ok()) {
     auto vm = create_(hello_);
@@ -82,15 +96,25 @@ absl::Status MigrationReceiver::OnHello(const proto::Message& m) {
   } else {
     times = {};
   }
-  RETURN_IF_ERROR(t_->Send(MsgType::kHelloAck, 0, proto::HelloAckBytes(s, times, blob)));
+  RETURN_IF_ERROR(
+      t_->Send(MsgType::kHelloAck, 0, proto::HelloAckBytes(s, times, blob, stream_key)));
   if (!s.ok()) {
     return Annotate(s, "refused the migration");
   }
-  progress_(absl::StrFormat("incoming migration: %d MiB, %d vCPUs", hello_.mem_size >> 20,
-                            hello_.num_cpus));
   const absl::Duration max_time =
       opts_.max_time > absl::ZeroDuration() ? opts_.max_time : MaxTimeFor(hello_.mem_size);
   migration_deadline_ = start_ + max_time;
+  if (hello_.streams > 1) {
+    streams_ = std::make_unique<IncomingStreams>(static_cast<int>(hello_.streams));
+    RETURN_IF_ERROR(streams_->Join(opts_.accept_stream, stream_key,
+                                   absl::Now() + opts_.hello_timeout, opts_.join_wait,
+                                   migration_deadline_, vm_->memory(), progress_));
+  }
+  progress_(absl::StrFormat("incoming migration: %d MiB, %d vCPUs%s", hello_.mem_size >> 20,
+                            hello_.num_cpus,
+                            hello_.streams > 1
+                                ? absl::StrFormat(", %d streams", hello_.streams)
+                                : std::string()));
   t_->SetDeadline(migration_deadline_, "the migration");
   t_->AllowIncomingPages(true);
   round_data_start_ = t_->stats().data_bytes;
@@ -131,9 +155,16 @@ absl::Status MigrationReceiver::OnEndRound(const proto::Message& m, MigrationSta
         "END_ROUND %d announces %d bytes, its PROGRESS claimed %d", er.round, er.bytes,
         round_progress_));
   }
+  uint64_t others = 0;  // what the further streams carried in the round
+  if (streams_ != nullptr) {
+    const absl::Time by =
+        er.final_round ? std::min(migration_deadline_, absl::Now() + opts_.phase_timeout)
+                       : migration_deadline_;
+    ASSIGN_OR_RETURN(others, streams_->AwaitRound(er.round, er.final_round != 0, by));
+  }
   if (t_->kind() == proto::TransportKind::kTcp) {
-    // Over TCP every byte of the round came through here: the marker must match it.
-    const uint64_t got = t_->stats().data_bytes - round_data_start_;
+    // Over TCP every byte of the round came through the streams: the marker must match them.
+    const uint64_t got = t_->stats().data_bytes - round_data_start_ + others;
     if (got != er.bytes) {
       return absl::DataLossError(absl::StrFormat(
           "END_ROUND %d announces %d bytes of pages, %d arrived", er.round, er.bytes, got));
@@ -256,6 +287,9 @@ absl::Status MigrationReceiver::OnComplete(const proto::Message& m, MigrationSta
 }
 
 absl::Status MigrationReceiver::Handle(const proto::Message& m, MigrationStats& stats) {
+  if (streams_ != nullptr) {
+    RETURN_IF_ERROR(streams_->status());  // a failed stream fails the migration
+  }
   if (m.type == MsgType::kAbort) {
     return Annotate(proto::AbortReason(m), "the source aborted");
   }
@@ -307,9 +341,22 @@ absl::Status MigrationReceiver::OnPing(const proto::Message& m) {
 void MigrationReceiver::Finish(MigrationStats& stats) {
   stats.total_time_ms = absl::ToDoubleMilliseconds(absl::Now() - start_);
   const TransportStats ts = t_->stats();
+  uint64_t data = ts.data_bytes;
+  stats.streams.clear();
+  if (streams_ != nullptr) {
+    streams_->Close();
+    StreamStats s0;
+    s0.bytes = ts.data_bytes;
+    s0.busy_ms = stats.total_time_ms;
+    stats.streams.push_back(s0);
+    for (const StreamStats& st : streams_->stats()) {
+      data += st.bytes;
+      stats.streams.push_back(st);
+    }
+  }
   // RDMA WRITEs land without the destination seeing them: count the pages announced.
   stats.transferred_bytes =
-      std::max<uint64_t>(ts.data_bytes, stats.pages_sent * proto::kPageSize) + ts.control_bytes;
+      std::max<uint64_t>(data, stats.pages_sent * proto::kPageSize) + ts.control_bytes;
   stats.registration_ms = ts.registration_ms;
 }
 
@@ -322,6 +369,9 @@ absl::Status MigrationReceiver::Fail(absl::Status s, MigrationStats& stats) {
   // Best effort and short: the link may be what failed.
   t_->SetDeadline(absl::Now() + absl::Seconds(1), "sending ABORT");
   (void)t_->Send(MsgType::kAbort, 0, proto::Bytes(proto::MakeStatusMsg(s)));
+  if (streams_ != nullptr) {
+    streams_->Close();
+  }
   return s;
 }
 

@@ -3,9 +3,11 @@
 // count and total checked against what actually arrived, and every phase has a deadline.
 //
 //   kAwaitHello --HELLO--> (check limits; with a PSK: AUTH_CHALLENGE, AUTH_PROOF checked;
-//                          then create the VM, attach memory, HELLO_ACK) --> kRound
+//                          then create the VM, attach memory, HELLO_ACK; with N streams,
+//                          streams 1..N-1 join: incoming_streams.h) --> kRound
 //   kRound      --PROGRESS (this round)--> kRound;  --PING--> (PONG) kRound
-//               --END_ROUND n (n = expected round)--> kRound, or kAwaitState if final
+//               --END_ROUND n (n = expected round; with N streams, once every further
+//                 stream's STREAM_END for n is in)--> kRound, or kAwaitState if final
 //   kAwaitState --DEVICE_STATE (validated at once)--> kHaveState
 //   kHaveState  --COMPLETE--> (totals, digest, restore, resume vCPUs, ACK) --> kDone
 //   any state   --ABORT--> failed;  anything else --> failed, naming the message and the state
@@ -26,6 +28,7 @@
 #include "include/lmig/protocol.h"
 #include "include/lmig/transport.h"
 #include "src/machine/state_timing.h"
+#include "src/migration/incoming_streams.h"
 #include "src/migration/stats.h"
 #include "src/crypto/psk.h"
 
@@ -72,6 +75,12 @@ struct ReceiverOptions {
   // being stopped) ends the migration there, with no ACK sent and the guest never run, so
   // the source keeps it. Null: always go ahead.
   std::function<bool()> commit;
+  // Further streams (Hello::streams > 1) come from here: the next connection to the same
+  // address. Null: this destination takes one stream, and refuses a HELLO asking for more.
+  AcceptStreamFn accept_stream;
+  // How long one stream connection may take to send its STREAM_JOIN (all of them must have
+  // joined within hello_timeout of HELLO_ACK).
+  absl::Duration join_wait = absl::Seconds(2);
 };
 
 // The default bound on a whole incoming migration of MEM_BYTES: 5 minutes plus one second
@@ -96,8 +105,11 @@ class MigrationReceiver {
   // the HELLO was valid.
   absl::Status Handshake(MigrationStats& stats);
   // Called once a HELLO has passed its checks, before the VM is created and HELLO_ACK is sent
-  // (the destination stops listening there: one migration at a time).
-  void set_on_accepted(std::function<void()> f) { on_accepted_ = std::move(f); }
+  // (with one stream the destination stops listening there, one migration at a time; with N,
+  // once Handshake has returned and the further streams have joined).
+  void set_on_accepted(std::function<void(const proto::Hello&)> f) {
+    on_accepted_ = std::move(f);
+  }
   // After Handshake: runs the state machine to kDone (the guest runs here) or an error.
   absl::Status Run(MigrationStats& stats);
   State state() const { return state_; }
@@ -118,7 +130,8 @@ class MigrationReceiver {
   ReceiverOptions opts_;
   CreateVmFn create_;
   ProgressFn progress_;
-  std::function<void()> on_accepted_;
+  std::function<void(const proto::Hello&)> on_accepted_;
+  std::unique_ptr<IncomingStreams> streams_;  // with Hello::streams > 1
   State state_ = State::kAwaitHello;
   IncomingVm* vm_ = nullptr;
   proto::Hello hello_{};

@@ -42,6 +42,7 @@ class SealedTransport : public Transport {
   absl::Status Write(std::span<const RamRange> ranges) override { return inner_->Write(ranges); }
   absl::Status Flush() override { return inner_->Flush(); }
   void RevokeRemoteAccess() override { inner_->RevokeRemoteAccess(); }
+  void Shutdown() override { inner_->Shutdown(); }
   TransportStats stats() const override { return inner_->stats(); }
 
  private:

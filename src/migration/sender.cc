@@ -82,6 +82,7 @@ absl::Status MigrationSender::SendHello() {
   h.features = opts_.verify_memory ? static_cast<uint32_t>(proto::kFeatureVerifyMemory) : 0u;
   h.transport = static_cast<uint32_t>(t_->kind());
   h.dirty_mode = m_->config().dirty_mode;
+  h.streams = static_cast<uint32_t>(opts_.streams);
   crypto::Nonce nonce{};
   if (opts_.psk != nullptr) {
     ASSIGN_OR_RETURN(nonce, crypto::NewNonce());
@@ -122,6 +123,7 @@ absl::Status MigrationSender::AwaitHelloAck() {
   if (ha.times.restore_ns > 0) {
     fixed_.dst_restore_ms = ha.times.restore_ns / 1e6;
   }
+  stream_key_ = ha.stream_key;
   return t_->SetPeerMemory(ha.regions);
 }
 
@@ -186,7 +188,7 @@ absl::StatusOr<MonoClock::time_point> MigrationSender::SendRound(int round,
     batch.push_back({r.offset, r.length});
     batch_bytes += r.length;
     if (batch_bytes >= kBatchBytes) {
-      RETURN_IF_ERROR(t_->Write(batch));
+      RETURN_IF_ERROR(streams_->Write(batch));
       bytes += batch_bytes;
       batch.clear();
       batch_bytes = 0;
@@ -194,14 +196,16 @@ absl::StatusOr<MonoClock::time_point> MigrationSender::SendRound(int round,
       if (absl::Now() - last_alive >= opts_.alive_interval) {
         RETURN_IF_ERROR(t_->Send(proto::MsgType::kProgress, static_cast<uint32_t>(round),
                                  proto::Bytes(bytes)));
+        streams_->Alive(static_cast<uint32_t>(round));
         last_alive = absl::Now();
       }
     }
   }
-  RETURN_IF_ERROR(t_->Write(batch));
+  RETURN_IF_ERROR(streams_->Write(batch));
   bytes += batch_bytes;
   const MonoClock::time_point written = MonoClock::now();
-  RETURN_IF_ERROR(t_->Flush());
+  // Every stream flushed, and each further one's STREAM_END sent, before the END_ROUND.
+  RETURN_IF_ERROR(streams_->EndRound(static_cast<uint32_t>(round), final_round));
   proto::EndRound er{static_cast<uint32_t>(round), final_round ? 1u : 0u, bytes / kPage, bytes};
   const MonoClock::time_point marker = MonoClock::now();
   RETURN_IF_ERROR(t_->Send(proto::MsgType::kEndRound, 0, proto::Bytes(er)));
@@ -345,6 +349,7 @@ absl::Status MigrationSender::StopAndCopy(PageBitmap& dirty, MigrationStats& sta
   // is lifted after the pause (joining its thread is not the pause's work), or by Run's
   // failure path before the vCPUs resume.
   t_->SetDeadline(paused_at_ + opts_.phase_timeout, "stop-and-copy");
+  streams_->SetDeadline(paused_at_ + opts_.phase_timeout, "stop-and-copy");
   RETURN_IF_ERROR(m_->dirty_log().Collect(dirty));
   EndPhase(stats, "dirty_harvest");
   {
@@ -427,11 +432,23 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
     stats.zero_pages_skipped = zero;
     RETURN_IF_ERROR(t_->AttachMemory(m_->memory().base(), m_->memory().size()).status());
     RETURN_IF_ERROR(Annotate(AwaitHelloAck(), "handshake"));
+    streams_ = std::make_unique<SourceStreams>(t_);
+    if (opts_.streams > 1) {
+      // The further streams connect and join in parallel, each on its own reactor, while
+      // this thread measures the round trip on stream 0.
+      RETURN_IF_ERROR(Annotate(
+          streams_->Start(opts_.streams, opts_.connect_stream, stream_key_,
+                          {m_->memory().base(), m_->memory().size()}),
+          "opening the streams"));
+    }
     // A few samples on the idle connection: the slowest is what the estimate counts (one
     // sample under-read the pause's round trip on a loaded host).
     const int samples = std::clamp<int>(opts_.round_trip_samples, 1, proto::kMaxPings);
     for (int i = 0; i < samples; ++i) {
       RETURN_IF_ERROR(Annotate(MeasureRoundTrip(), "handshake"));
+    }
+    if (opts_.streams > 1) {
+      RETURN_IF_ERROR(Annotate(streams_->AwaitJoined(), "opening the streams"));
     }
     stats.setup_time_ms = Ms(absl::Now() - start);
     stats.registration_ms = t_->stats().registration_ms;
@@ -481,6 +498,19 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
   stats.total_time_ms = Ms(absl::Now() - start);
   const TransportStats ts = t_->stats();
   stats.transferred_bytes = ts.data_bytes + ts.control_bytes;
+  // The further streams end here (their reactors joined; on failure cut first, after the
+  // guest has resumed: a reactor stuck on a stalled connection must not hold it paused).
+  auto close_streams = [&](bool abort) {
+    if (streams_ == nullptr || streams_->count() < 2) {
+      return;
+    }
+    streams_->Close(abort);
+    stats.streams = streams_->stats();
+    for (size_t i = 1; i < stats.streams.size(); ++i) {
+      stats.transferred_bytes += stats.streams[i].bytes;
+    }
+    stats.src_cpu_ms += streams_->reactor_cpu_ms();
+  };
   stats.zero_copy = ts.zero_copy;
   stats.registration_ms = ts.registration_ms;
   const CpuTime cpu_end = ThreadCpu();
@@ -491,6 +521,7 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
     deferred_progress_.clear();
   }
   if (result.ok()) {
+    close_streams(false);
     stats.status = "completed";
     AddMissingPhases(stats.phases, kSourcePausePhases);
     return absl::OkStatus();
@@ -513,6 +544,7 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
   // Best effort and short: the link may be what failed.
   t_->SetDeadline(absl::Now() + absl::Seconds(1), "sending ABORT");
   (void)t_->Send(proto::MsgType::kAbort, 0, proto::Bytes(proto::MakeStatusMsg(result)));
+  close_streams(true);
   return result;
 }
 

@@ -13,6 +13,7 @@
 #include "include/lmig/transport.h"
 #include "src/machine/machine.h"
 #include "src/migration/policy.h"
+#include "src/migration/source_streams.h"
 #include "src/migration/stats.h"
 #include "src/crypto/psk.h"
 
@@ -34,6 +35,10 @@ struct SenderOptions {
   // The handshake, and the whole pause (stop-and-copy up to the ACK), end by this long after
   // they start: a destination that stalls or trickles bytes cannot hold the guest paused.
   absl::Duration phase_timeout = absl::Seconds(30);
+  // Parallel streams, stream 0 (this transport) included: 1..proto::kMaxStreams. Streams
+  // 1..N-1 are opened with connect_stream after HELLO_ACK (source_streams.h).
+  int streams = 1;
+  ConnectStreamFn connect_stream;
 };
 
 class MigrationSender {
@@ -71,6 +76,8 @@ class MigrationSender {
   Machine* m_;
   Transport* t_;                        // the sealed channel once authenticated
   std::unique_ptr<Transport> sealed_;
+  std::unique_ptr<SourceStreams> streams_;  // after HELLO_ACK: every page goes through it
+  proto::StreamKey stream_key_{};
   SenderOptions opts_;
   ProgressFn progress_;
   std::vector<RoundSample> history_;

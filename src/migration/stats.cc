@@ -253,6 +253,18 @@ std::string MigrationStats::ToJson() const {
                               {"throttle_pct", r.throttle_pct},
                               {"final", r.final_round}});
   }
+  j["streams"] = nlohmann::json::array();
+  for (const StreamStats& st : streams) {
+    nlohmann::json e{{"stream", st.index}, {"bytes", st.bytes}, {"busy_ms", st.busy_ms},
+                     {"rate_mbps", st.rate_mbps()}};
+    if (st.cpu >= 0) {
+      e["cpu"] = st.cpu;
+    }
+    if (st.cpu_ms >= 0) {
+      e["cpu_ms"] = st.cpu_ms;
+    }
+    j["streams"].push_back(std::move(e));
+  }
   if (!phases.empty()) {
     nlohmann::json p{{"phases", nlohmann::json::array()}};
     if (role != "destination") {
@@ -320,6 +332,27 @@ std::string MigrationStats::EstimateText() const {
       estimate.target_met ? "" : "; target not reachable");
 }
 
+std::string MigrationStats::StreamReport() const {
+  std::string s;
+  if (streams.size() < 2) {
+    return s;
+  }
+  for (const StreamStats& st : streams) {
+    absl::StrAppendFormat(&s, "    stream %2d %9.1f MiB %9.1f ms busy %8.1f Mbit/s", st.index,
+                          st.bytes / 1048576.0, st.busy_ms, st.rate_mbps());
+    if (st.cpu_ms >= 0) {
+      absl::StrAppendFormat(&s, "  cpu %.1f ms", st.cpu_ms);
+    } else if (role != "destination") {
+      s += "  (migration thread)";
+    }
+    if (st.cpu >= 0) {
+      absl::StrAppendFormat(&s, " on CPU %d", st.cpu);
+    }
+    s += "\n";
+  }
+  return s;
+}
+
 std::string MigrationStats::HumanReport() const {
   if (status != "completed" && rounds == 0 && transferred_bytes == 0) {
     // Failed before any memory moved (no connection, refused handshake): nothing to measure.
@@ -338,6 +371,7 @@ std::string MigrationStats::HumanReport() const {
     if (!phases.empty()) {
       s += "  stop-and-copy steps here:\n" + PhaseReport();
     }
+    s += StreamReport();
     if (!error.empty()) {
       s += "  error: " + error + "\n";
     }
@@ -350,11 +384,13 @@ std::string MigrationStats::HumanReport() const {
       "  transferred     %10.1f MiB  (%d pages sent, %d zero pages skipped, state %d bytes)\n"
       "  throughput      %10.1f Mbit/s\n"
       "  rounds          %10d      (max vCPU throttle %d%%)\n"
-      "  cpu time        %10.1f ms   (migration thread; %.1f ms in user space)\n",
+      "  cpu time        %10.1f ms   (migration thread%s; %.1f ms in user space)\n",
       status, transport, dirty_tracking, total_time_ms, setup_time_ms, registration_ms,
       downtime_ms, EstimateText(), transferred_bytes / 1048576.0, pages_sent, zero_pages_skipped, state_bytes,
       total_time_ms > 0 ? transferred_bytes * 8 / (total_time_ms * 1000.0) : 0.0, rounds,
-      max_throttle_pct, src_cpu_ms, src_cpu_user_ms);
+      max_throttle_pct, src_cpu_ms,
+      streams.size() > 1 ? absl::StrFormat(" and %d stream reactors", streams.size() - 1) : "",
+      src_cpu_user_ms);
   if (!phases.empty()) {
     s += "  pause phases:\n" + PhaseReport();
   }
@@ -365,6 +401,7 @@ std::string MigrationStats::HumanReport() const {
                          r.throttle_pct ? absl::StrFormat("  throttle %d%%", r.throttle_pct)
                                         : "");
   }
+  s += StreamReport();
   if (!security.empty()) {
     s += "  encryption: " + security + "\n";
   }

@@ -23,6 +23,17 @@ struct RoundStats {
   bool final_round = false;
 };
 
+// One stream of a migration (--streams): what it carried and what it cost.
+struct StreamStats {
+  int index = 0;
+  int cpu = -1;          // the CPU its reactor is pinned to (-1: not pinned, stream 0)
+  uint64_t bytes = 0;    // of pages
+  double busy_ms = 0;    // in its transport's calls
+  double cpu_ms = -1;    // its reactor's CPU time (-1: the migration thread's, stream 0)
+  // Megabits per second while busy.
+  double rate_mbps() const { return busy_ms > 0 ? bytes * 8 / busy_ms / 1e3 : 0; }
+};
+
 // One step of the stop-and-copy pause, measured with a monotonic clock. The top-level phases
 // of MigrationStats::phases follow each other and add up to the downtime; PARTS break one down
 // (per vCPU, per KVM call group), and a CONCURRENT phase overlaps others (the destination
@@ -112,9 +123,11 @@ struct MigrationStats {
   bool zero_copy = false;
   std::string security;  // TCP: the TLS connection (empty: none)
   uint64_t state_bytes = 0;
-  double src_cpu_ms = 0;  // CPU time of the migration thread (user + system; vCPUs excluded)
-  double src_cpu_user_ms = 0;  // of which in user space
+  // CPU time of the migration thread and the stream reactors (user + system; vCPUs excluded)
+  double src_cpu_ms = 0;
+  double src_cpu_user_ms = 0;  // of which the migration thread's in user space
   std::vector<RoundStats> per_round;
+  std::vector<StreamStats> streams;  // stream 0 first
   // Source: the pause, phase by phase (the destination's part from its ACK). Destination: its
   // own steps.
   std::vector<Phase> phases;
@@ -125,6 +138,8 @@ struct MigrationStats {
   std::string HumanReport() const;
   // The phases, one line each with their parts, and what they add up to ("" without phases).
   std::string PhaseReport() const;
+  // One line per stream ("" with one stream).
+  std::string StreamReport() const;
   // " (estimated ...)" after the downtime, or "".
   std::string EstimateText() const;
 };

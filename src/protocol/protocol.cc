@@ -29,6 +29,8 @@ const char* MsgTypeName(MsgType t) {
     case MsgType::kAuthProof: return "AUTH_PROOF";
     case MsgType::kPing: return "PING";
     case MsgType::kPong: return "PONG";
+    case MsgType::kStreamJoin: return "STREAM_JOIN";
+    case MsgType::kStreamEnd: return "STREAM_END";
     default: return "INVALID";
   }
 }
@@ -68,6 +70,8 @@ uint64_t MaxPayload(MsgType type) {
     case MsgType::kAuthProof: return sizeof(AuthProof);
     case MsgType::kPing:
     case MsgType::kPong: return kSealOverhead;  // empty, but sealed after the handshake
+    case MsgType::kStreamJoin: return sizeof(StreamJoin);  // never sealed (streams 1..N-1)
+    case MsgType::kStreamEnd: return sizeof(StreamEnd);
     default: return 0;
   }
 }
@@ -159,10 +163,13 @@ const char* DstPhaseName(DstPhase p) {
 }
 
 std::vector<uint8_t> HelloAckBytes(const absl::Status& s, const HelloAckTimes& times,
-                                   std::span<const uint8_t> regions) {
+                                   std::span<const uint8_t> regions,
+                                   const StreamKey& stream_key) {
   std::vector<uint8_t> out = Bytes(MakeStatusMsg(s));
   const std::vector<uint8_t> t = Bytes(times);
   out.insert(out.end(), t.begin(), t.end());
+  const std::vector<uint8_t> k = Bytes(stream_key);
+  out.insert(out.end(), k.begin(), k.end());
   out.insert(out.end(), regions.begin(), regions.end());
   return out;
 }
@@ -177,7 +184,11 @@ absl::StatusOr<HelloAckMsg> ParseHelloAck(std::span<const uint8_t> payload) {
         "HELLO_ACK: setup %d ns, restore %d ns (at most %d)", m.times.setup_ns,
         m.times.restore_ns, kMaxPhaseNs));
   }
-  const auto rest = payload.subspan(sizeof(StatusMsg) + sizeof(HelloAckTimes));
+  ASSIGN_OR_RETURN(m.stream_key,
+                   Parse<StreamKey>(payload.subspan(sizeof(StatusMsg) + sizeof(HelloAckTimes)),
+                                    MsgType::kHelloAck, /*prefix=*/true));
+  const auto rest =
+      payload.subspan(sizeof(StatusMsg) + sizeof(HelloAckTimes) + sizeof(StreamKey));
   m.regions.assign(rest.begin(), rest.end());
   return m;
 }
@@ -426,7 +437,16 @@ absl::Status CheckHello(const Hello& h, const HelloLimits& limits) {
         "transport mismatch: the source says %d, this destination listens on %d", h.transport,
         static_cast<uint32_t>(limits.transport)));
   }
-  if (h.reserved != 0 || h.auth > static_cast<uint32_t>(AuthMode::kPsk)) {
+  if (h.streams < 1 || h.streams > kMaxStreams) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("bad stream count %d in HELLO (1..%d)", h.streams, kMaxStreams));
+  }
+  if (h.streams > 1 && h.transport != static_cast<uint32_t>(TransportKind::kTcp)) {
+    return absl::UnimplementedError(absl::StrFormat(
+        "the source asks for %d streams over RDMA; this destination moves RDMA over one queue "
+        "pair (--streams 1)", h.streams));
+  }
+  if (h.auth > static_cast<uint32_t>(AuthMode::kPsk)) {
     return absl::InvalidArgumentError(absl::StrFormat("bad auth mode %d in HELLO", h.auth));
   }
   if (limits.auth == AuthMode::kPsk && h.auth != static_cast<uint32_t>(AuthMode::kPsk)) {

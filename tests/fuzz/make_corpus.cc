@@ -41,6 +41,7 @@ proto::Hello ValidHello(uint32_t cpus, proto::TransportKind transport) {
   h.features = proto::kFeatureVerifyMemory;
   h.transport = static_cast<uint32_t>(transport);
   h.dirty_mode = proto::DirtyMode::kRing;
+  h.streams = 1;
   return h;
 }
 

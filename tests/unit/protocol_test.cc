@@ -68,6 +68,7 @@ TEST(Protocol, HelloChecksVersionPageSizeAndKey) {
   h.dirty_mode = proto::DirtyMode::kRing;
   h.transport = static_cast<uint32_t>(proto::TransportKind::kTcp);
   h.auth = static_cast<uint32_t>(proto::AuthMode::kPsk);
+  h.streams = 1;
   EXPECT_TRUE(proto::CheckHello(h, Limits("psk")).ok());
   // A destination with a key refuses a source that offers none, and the other way round.
   proto::Hello none = h;
@@ -109,6 +110,7 @@ TEST(Protocol, HelloBeyondMaxMemIsRefusedNamingBothSizes) {
   h.mem_size = 1ull << 40;
   h.num_cpus = 1;
   h.dirty_mode = proto::DirtyMode::kRing;
+  h.streams = 1;
   const absl::Status s = proto::CheckHello(h, Limits("", 2ull << 30));
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(s.message()), testing::HasSubstr("1048576 MiB"));

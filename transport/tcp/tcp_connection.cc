@@ -116,6 +116,7 @@ class TcpTransport : public Transport {
     deadline_what_ = std::move(what);
   }
   void AllowIncomingPages(bool allow) override { allow_pages_ = allow; }
+  void Shutdown() override { ::shutdown(sock_.get(), SHUT_RDWR); }
 
   absl::Status Write(std::span<const RamRange> ranges) override {
     for (const RamRange& r : ranges) {

@@ -1,0 +1,323 @@
+#include "src/migration/source_streams.h"
+
+#include <sched.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+#include "include/lmig/status.h"
+#include "src/base/mono_clock.h"
+#include "src/base/thread_model.h"
+#include "src/migration/stream_join.h"
+#include "src/migration/stream_split.h"
+
+namespace lmig {
+namespace {
+
+double ThreadCpuMs() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+// What the migration thread asks of a stream reactor.
+struct StreamCommand {
+  enum Kind { kNone, kWrite, kEndRound, kAlive, kDeadline, kStop } kind = kNone;
+  std::vector<RamRange> ranges;   // kWrite
+  uint32_t round = 0;             // kEndRound, kAlive
+  bool final_round = false;       // kEndRound
+  absl::Time deadline;            // kDeadline
+  std::string what;               // kDeadline
+};
+
+}  // namespace
+
+// One further stream: its connection, and the thread that owns it.
+class StreamReactor {
+ public:
+  StreamReactor(int index, int cpu) : index_(index), cpu_(cpu) {}
+  ~StreamReactor() { Stop(); }
+
+  void Start(const ConnectStreamFn& connect, const proto::StreamKey& key, uint32_t streams,
+             std::span<uint8_t> mem) {
+    thread_ = std::thread(
+        [this, connect, key, streams, mem] { Main(connect, key, streams, mem); });
+  }
+  void Post(StreamCommand c) { inbox_.Push(std::move(c)); }
+  // Any thread: ends the connection's waits at once (once it is connected).
+  void Shutdown() {
+    if (Transport* t = live_.load(std::memory_order_acquire)) {
+      t->Shutdown();
+    }
+  }
+  void Stop() {
+    if (thread_.joinable()) {
+      StreamCommand c;
+      c.kind = StreamCommand::kStop;
+      inbox_.Push(std::move(c));
+      thread_.join();
+    }
+  }
+  // Answers (the join, each END_ROUND) so far; every command that answers bumps it once,
+  // failed or not, after storing its error: waiting for it never outlives the reactor's work.
+  uint64_t answers() const { return answers_.load(std::memory_order_acquire); }
+  void AwaitAnswers(uint64_t n) const {
+    for (uint64_t a = answers(); a < n; a = answers()) {
+      answers_.wait(a, std::memory_order_acquire);
+    }
+  }
+  bool failed() const { return failed_.load(std::memory_order_acquire); }
+  // Only once failed() (the store happened before it).
+  const absl::Status& error() const { return error_; }
+  // Only after an answer (read after AwaitAnswers).
+  StreamStats stats() const {
+    StreamStats s;
+    s.index = index_;
+    s.cpu = cpu_;
+    s.bytes = bytes_;
+    s.busy_ms = busy_ms_;
+    s.cpu_ms = cpu_ms_;
+    return s;
+  }
+
+ private:
+  void Main(const ConnectStreamFn& connect, const proto::StreamKey& key, uint32_t streams,
+            std::span<uint8_t> mem) {
+    NameThisThread(absl::StrFormat("stream%d", index_));
+    if (cpu_ >= 0) {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(cpu_, &set);
+      (void)::sched_setaffinity(0, sizeof(set), &set);  // a hint: a refused pin runs unpinned
+    }
+    const double cpu0 = ThreadCpuMs();
+    absl::Status s = [&]() -> absl::Status {
+      ASSIGN_OR_RETURN(t_, connect());
+      live_.store(t_.get(), std::memory_order_release);
+      RETURN_IF_ERROR(t_->AttachMemory(mem.data(), mem.size()).status());
+      ASSIGN_OR_RETURN(proto::StreamJoin j,
+                       MakeStreamJoin(key, static_cast<uint32_t>(index_), streams));
+      return t_->Send(proto::MsgType::kStreamJoin, 0, proto::Bytes(j));
+    }();
+    Answer(s);
+    uint64_t round_bytes = 0;
+    for (;;) {
+      StreamCommand c = inbox_.Pop();
+      if (c.kind == StreamCommand::kStop) {
+        break;
+      }
+      if (failed()) {
+        if (c.kind == StreamCommand::kEndRound) {
+          Answer(error_);
+        }
+        continue;  // the migration fails; nothing more goes out on this stream
+      }
+      const MonoClock::time_point start = MonoClock::now();
+      absl::Status r;
+      switch (c.kind) {
+        case StreamCommand::kWrite:
+          r = t_->Write(c.ranges);
+          for (const RamRange& x : c.ranges) {
+            round_bytes += x.length;
+            bytes_ += x.length;
+          }
+          break;
+        case StreamCommand::kEndRound: {
+          r = t_->Flush();
+          if (r.ok()) {
+            proto::StreamEnd e{round_bytes, c.final_round ? 1u : 0u, 0};
+            r = t_->Send(proto::MsgType::kStreamEnd, c.round, proto::Bytes(e));
+          }
+          round_bytes = 0;
+          break;
+        }
+        case StreamCommand::kAlive:
+          r = t_->Send(proto::MsgType::kProgress, c.round, proto::Bytes(round_bytes));
+          break;
+        case StreamCommand::kDeadline:
+          t_->SetDeadline(c.deadline, c.what);
+          break;
+        default:
+          break;
+      }
+      busy_ms_ += MsBetween(start, MonoClock::now());
+      cpu_ms_ = ThreadCpuMs() - cpu0;
+      if (!r.ok()) {
+        Fail(r);
+      }
+      if (c.kind == StreamCommand::kEndRound) {
+        Answer(r);
+      }
+    }
+    live_.store(nullptr, std::memory_order_release);
+    t_.reset();  // the connection closes on its own thread
+  }
+
+  void Fail(const absl::Status& s) {
+    if (!failed()) {
+      error_ = Annotate(s, absl::StrFormat("stream %d", index_));
+      failed_.store(true, std::memory_order_release);
+    }
+  }
+  void Answer(const absl::Status& s) {
+    if (!s.ok()) {
+      Fail(s);
+    }
+    answers_.fetch_add(1, std::memory_order_release);
+    answers_.notify_all();
+  }
+
+  const int index_;
+  const int cpu_;
+  std::thread thread_;
+  std::unique_ptr<Transport> t_;  // the reactor thread's alone
+  // T_ for Shutdown from the migration thread: set once connected, cleared before T_ goes
+  // (which happens only on kStop, after any Shutdown that Close makes).
+  std::atomic<Transport*> live_{nullptr};
+  Mailbox<StreamCommand, 32> inbox_;
+  mutable std::atomic<uint64_t> answers_{0};
+  std::atomic<bool> failed_{false};
+  absl::Status error_;
+  uint64_t bytes_ = 0;
+  double busy_ms_ = 0, cpu_ms_ = 0;
+};
+
+SourceStreams::SourceStreams(Transport* stream0) : stream0_(stream0) {}
+
+SourceStreams::~SourceStreams() { Close(); }
+
+void SourceStreams::Close(bool abort) {
+  if (abort) {
+    for (auto& r : reactors_) {
+      r->Shutdown();
+    }
+  }
+  for (auto& r : reactors_) {
+    r->Stop();
+  }
+}
+
+absl::Status SourceStreams::Start(int n, const ConnectStreamFn& connect,
+                                  const proto::StreamKey& key, std::span<uint8_t> mem) {
+  if (n < 2 || n > static_cast<int>(proto::kMaxStreams) || !reactors_.empty() || !connect) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "streams: %d (2..%d, once, with a way to connect)", n, proto::kMaxStreams));
+  }
+  const long online = ::sysconf(_SC_NPROCESSORS_ONLN);
+  for (int i = 1; i < n; ++i) {
+    reactors_.push_back(std::make_unique<StreamReactor>(
+        i, online > 0 ? static_cast<int>(i % online) : -1));
+    reactors_.back()->Start(connect, key, static_cast<uint32_t>(n), mem);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SourceStreams::AwaitJoined() { return AwaitAll(); }
+
+void SourceStreams::Alive(uint32_t round) {
+  for (auto& r : reactors_) {
+    StreamCommand c;
+    c.kind = StreamCommand::kAlive;
+    c.round = round;
+    r->Post(std::move(c));
+  }
+}
+
+absl::Status SourceStreams::AwaitAll() {
+  // Every reactor answers each join and END_ROUND once: N answers are the N-th's.
+  for (auto& r : reactors_) {
+    r->AwaitAnswers(answers_expected_);
+  }
+  ++answers_expected_;
+  return FirstError();
+}
+
+absl::Status SourceStreams::FirstError() const {
+  for (const auto& r : reactors_) {
+    if (r->failed()) {
+      return r->error();
+    }
+  }
+  return absl::OkStatus();
+}
+
+void SourceStreams::SetDeadline(absl::Time deadline, std::string what) {
+  for (auto& r : reactors_) {
+    StreamCommand c;
+    c.kind = StreamCommand::kDeadline;
+    c.deadline = deadline;
+    c.what = what;
+    r->Post(std::move(c));
+  }
+}
+
+absl::Status SourceStreams::Write(std::span<const RamRange> ranges) {
+  if (reactors_.empty()) {
+    const MonoClock::time_point start = MonoClock::now();
+    absl::Status s = stream0_->Write(ranges);
+    stream0_busy_ms_ += MsBetween(start, MonoClock::now());
+    for (const RamRange& r : ranges) {
+      stream0_bytes_ += r.length;
+    }
+    return s;
+  }
+  RETURN_IF_ERROR(FirstError());
+  std::vector<std::vector<RamRange>> shares = SplitByChunk(ranges, count());
+  for (size_t i = 1; i < shares.size(); ++i) {
+    if (!shares[i].empty()) {
+      StreamCommand c;
+      c.kind = StreamCommand::kWrite;
+      c.ranges = std::move(shares[i]);
+      reactors_[i - 1]->Post(std::move(c));
+    }
+  }
+  const MonoClock::time_point start = MonoClock::now();
+  absl::Status s = stream0_->Write(shares[0]);
+  stream0_busy_ms_ += MsBetween(start, MonoClock::now());
+  for (const RamRange& r : shares[0]) {
+    stream0_bytes_ += r.length;
+  }
+  return s;
+}
+
+absl::Status SourceStreams::EndRound(uint32_t round, bool final_round) {
+  for (auto& r : reactors_) {
+    StreamCommand c;
+    c.kind = StreamCommand::kEndRound;
+    c.round = round;
+    c.final_round = final_round;
+    r->Post(std::move(c));
+  }
+  const MonoClock::time_point start = MonoClock::now();
+  absl::Status s = stream0_->Flush();
+  stream0_busy_ms_ += MsBetween(start, MonoClock::now());
+  absl::Status others = AwaitAll();
+  RETURN_IF_ERROR(s);
+  return others;
+}
+
+std::vector<StreamStats> SourceStreams::stats() const {
+  std::vector<StreamStats> out;
+  StreamStats s0;
+  s0.index = 0;
+  s0.bytes = stream0_bytes_;
+  s0.busy_ms = stream0_busy_ms_;
+  s0.cpu_ms = -1;
+  out.push_back(s0);
+  for (const auto& r : reactors_) {
+    out.push_back(r->stats());
+  }
+  return out;
+}
+
+double SourceStreams::reactor_cpu_ms() const {
+  double ms = 0;
+  for (const auto& r : reactors_) {
+    ms += r->stats().cpu_ms;
+  }
+  return ms;
+}
+
+}  // namespace lmig
