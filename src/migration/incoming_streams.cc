@@ -26,7 +26,7 @@ IncomingStreams::~IncomingStreams() { Close(); }
 absl::Status IncomingStreams::Join(const AcceptStreamFn& accept, const proto::StreamKey& key,
                                    absl::Time join_deadline, absl::Duration join_wait,
                                    absl::Time migration_deadline, std::span<uint8_t> mem,
-                                   const std::function<void(const std::string&)>& refused) {
+                                   const std::function<void(const std::string&)>& say) {
   std::vector<std::unique_ptr<Transport>> joined(static_cast<size_t>(n_));
   int missing = n_ - 1;
   while (missing > 0) {
@@ -37,7 +37,7 @@ absl::Status IncomingStreams::Join(const AcceptStreamFn& accept, const proto::St
                                                   missing, n_ - 1));
     }
     if (!a.ok()) {
-      refused(absl::StrFormat("a stream connection failed: %s", a.status().message()));
+      say(absl::StrFormat("a stream connection failed: %s", a.status().message()));
       continue;
     }
     std::unique_ptr<Transport> t = std::move(*a);
@@ -57,11 +57,12 @@ absl::Status IncomingStreams::Join(const AcceptStreamFn& accept, const proto::St
       return i;
     }();
     if (!index.ok()) {
-      refused(absl::StrFormat("refused a stream connection from %s: %s", t->peer(),
-                              index.status().message()));
+      say(absl::StrFormat("refused a stream connection from %s: %s", t->peer(),
+                          index.status().message()));
       continue;
     }
     RETURN_IF_ERROR(t->AttachMemory(mem.data(), mem.size()).status());
+    say(absl::StrFormat("stream %d joined from %s", *index, t->peer()));
     joined[*index] = std::move(t);
     --missing;
   }

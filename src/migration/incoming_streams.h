@@ -41,13 +41,13 @@ class IncomingStreams {
 
   // Takes connections from ACCEPT until streams 1..N-1 have joined under KEY, by
   // JOIN_DEADLINE: a connection whose first message (within JOIN_WAIT of its arrival) is not
-  // a valid STREAM_JOIN for a free index is dropped and said in one line (REFUSED). Each
-  // joined stream takes pages into MEM and is read, by MIGRATION_DEADLINE at the latest, on
-  // a thread of its own.
+  // a valid STREAM_JOIN for a free index is dropped; SAY gets one line for each connection
+  // dropped and each stream joined. Each joined stream takes pages into MEM and is read, by
+  // MIGRATION_DEADLINE at the latest, on a thread of its own.
   absl::Status Join(const AcceptStreamFn& accept, const proto::StreamKey& key,
                     absl::Time join_deadline, absl::Duration join_wait,
                     absl::Time migration_deadline, std::span<uint8_t> mem,
-                    const std::function<void(const std::string&)>& refused);
+                    const std::function<void(const std::string&)>& say);
   // Waits, by DEADLINE, until every further stream's STREAM_END for ROUND (FINAL: the
   // stop-and-copy round) is in; returns the bytes of pages they carried in it. The first
   // failed stream's error, or DeadlineExceeded naming the streams still missing.

@@ -36,6 +36,8 @@ void Destination(std::span<const uint8_t> payload, uint8_t pick) {
     FUZZ_CHECK(h->mem_size > 0 && h->mem_size <= limits.max_mem);
     FUZZ_CHECK(h->mem_size % kPageSize == 0);
     FUZZ_CHECK(h->num_cpus >= 1 && h->num_cpus <= kMaxVcpus);
+    FUZZ_CHECK(h->streams >= 1 && h->streams <= kMaxStreams);
+    FUZZ_CHECK(h->streams == 1 || h->transport == static_cast<uint32_t>(TransportKind::kTcp));
     FUZZ_CHECK(limits.transport == TransportKind::kInvalid ||
                h->transport == static_cast<uint32_t>(limits.transport));
   } else {
@@ -59,7 +61,8 @@ void Source(std::span<const uint8_t> payload) {
   // What the source takes from a HELLO_ACK: bounded times, the rest as the region blob.
   if (absl::StatusOr<HelloAckMsg> a = ParseHelloAck(payload); a.ok()) {
     FUZZ_CHECK(a->times.setup_ns <= kMaxPhaseNs && a->times.restore_ns <= kMaxPhaseNs);
-    FUZZ_CHECK(a->regions.size() == payload.size() - sizeof(StatusMsg) - sizeof(HelloAckTimes));
+    FUZZ_CHECK(a->regions.size() ==
+               payload.size() - sizeof(StatusMsg) - sizeof(HelloAckTimes) - sizeof(StreamKey));
     // A region table the source accepts tiles the guest memory from 0 in pages, within it.
     constexpr uint64_t kMem = 64ull << 20;
     if (auto t = DecodeRegionTable(a->regions, kMem); t.ok()) {

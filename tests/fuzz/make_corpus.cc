@@ -185,6 +185,12 @@ void WriteFrames(Writer& w) {
     w.Put("frames", "session-2cpu" + m, With(mode, Session(2)));
   }
   w.Put("frames", "hello", With(0, Frame(MsgType::kHello, 0, proto::Bytes(hello))));
+  // A further stream's first message and its end-of-round marker.
+  proto::StreamJoin join{};
+  join.stream = 1;
+  w.Put("frames", "stream-join", With(0, Frame(MsgType::kStreamJoin, 0, proto::Bytes(join))));
+  const proto::StreamEnd end{8192, 0, 0};
+  w.Put("frames", "stream-end", With(0, Frame(MsgType::kStreamEnd, 1, proto::Bytes(end))));
   Bytes ack = Frame(MsgType::kHelloAck, 0, HelloAck(absl::OkStatus(), 2));
   w.Put("frames", "hello-ack-rdma", With(0, ack));
   w.Put("frames", "hello-ack-refused",

@@ -370,5 +370,73 @@ class LinkCut(Failures):
             self.assert_ticks_continue(s.stdout())
 
 
+
+class Streams(Failures):
+    """Parallel streams (--streams N; TCP): the workload guest migrates over 1, 2 and 4
+    streams, each carrying its share; one stream cut mid-round fails the migration on both
+    sides and the source keeps its guest; SIGTERM ends a destination receiving over streams."""
+
+    def test_workload_migrates_over_1_2_and_4_streams(self):
+        for n in (1, 2, 4):
+            st = Migrate.migrate_once(self, mem="256M", extra_src=("--streams", str(n)))
+            streams = st["streams"]
+            if n == 1:
+                self.assertEqual(streams, [])
+                continue
+            self.assertEqual([x["stream"] for x in streams], list(range(n)))
+            for x in streams:
+                self.assertGreater(x["bytes"], 0, f"stream {x['stream']} carried nothing")
+            self.assertEqual(sum(x["bytes"] for x in streams), st["pages_sent"] * 4096)
+            print(f"  {n} streams: " + ", ".join(
+                f"{x['bytes'] / 2**20:.1f} MiB at {x['rate_mbps']:.0f} Mbit/s"
+                for x in streams), flush=True)
+
+    def joined_port(self, d, stream):
+        m = d.wait_for(rf"stream {stream} joined from [0-9.]+:(\d+)", 60, stream="err")
+        return int(m.group(1))
+
+    def test_one_stream_cut_mid_round_fails_the_migration(self):
+        port = labkit.next_port()
+        s, d, s_json, d_json = self.start_pair(port, ("--max-bandwidth", "6M", "--streams", "3"))
+        peer = self.joined_port(d, 2)
+        s.wait_for(r"src: connected, setup .*; round 1", 120, stream="err")
+        time.sleep(2)
+        try:
+            labkit.cut_link("tcp", peer)  # that one connection, by its source port
+            cut = time.monotonic()
+            self.assert_dst_failed(d, d_json, cut, T + MARGIN)
+            reason, _ = self.src_fails(s, cut, T + MARGIN)
+        finally:
+            labkit.restore_link("tcp", peer)
+        self.assertIn("stream", reason)
+        st = labkit.load_json(s_json)
+        self.assertEqual(st["status"], "failed")
+        self.assertEqual(len(st["streams"]), 3)
+        self.keeps_ticking(s)
+        s.send("reboot -f\n")
+        self.assertEqual(s.wait(60), 3, s.tails(err=2000, out=0))
+        self.assert_ticks_continue(s.stdout())
+
+    def test_sigterm_to_a_destination_receiving_over_streams(self):
+        port = labkit.next_port()
+        s, d, s_json, d_json = self.start_pair(port, ("--max-bandwidth", "6M", "--streams", "2"))
+        self.joined_port(d, 1)
+        s.wait_for(r"src: connected, setup .*; round 1", 120, stream="err")
+        time.sleep(1)
+        d.kill(signal.SIGTERM)
+        since = time.monotonic()
+        rc = d.wait(10)
+        took = time.monotonic() - since
+        self.assertNotEqual(rc, 0)
+        self.assertLessEqual(took, 2, f"dst took {took:.1f}s to end\n" + d.tails(out=0))
+        self.assertIn("stopped by SIGTERM during the incoming migration", d.stderr())
+        self.assertEqual(d.stdout(), "", "a guest ran on the destination")
+        print(f"  dst ended {took:.2f}s after SIGTERM", flush=True)
+        self.src_fails(s, since, T + MARGIN)
+        self.keeps_ticking(s)
+        s.send("reboot -f\n")
+        self.assertEqual(s.wait(60), 3, s.tails(err=2000, out=0))
+
+
 if __name__ == "__main__":
     labkit.main()

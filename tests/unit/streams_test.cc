@@ -317,10 +317,12 @@ TEST(IncomingStreams, StrangersAreDroppedTheStreamsJoinAndEachRoundLandsBeforeIt
   absl::Status joined = s.Join();
   src.join();
   ASSERT_TRUE(joined.ok()) << joined;
-  ASSERT_EQ(s.refused.size(), 3u);
+  ASSERT_EQ(s.refused.size(), 5u);  // three refused, two joined
   EXPECT_THAT(s.refused[0], HasSubstr("wrong proof"));
   EXPECT_THAT(s.refused[1], HasSubstr("expected STREAM_JOIN, got PING"));
-  EXPECT_THAT(s.refused[2], HasSubstr("which has joined already"));
+  EXPECT_THAT(s.refused[2], HasSubstr("stream 2 joined from 127.0.0.1:"));
+  EXPECT_THAT(s.refused[3], HasSubstr("which has joined already"));
+  EXPECT_THAT(s.refused[4], HasSubstr("stream 1 joined from 127.0.0.1:"));
   Transport& one = *conns[4];
   Transport& two = *conns[2];
   // Round 1: stream 2 first, its marker in before stream 1's share has even been sent.
