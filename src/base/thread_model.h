@@ -25,9 +25,18 @@
 // throttle thread ("throttle", while --throttle or the auto-converge throttle is on): kicks
 //   the vCPUs every 10 ms so that each sleeps its share; it touches nothing else.
 //
-// Not built yet: parallel streams (--streams), which will add one reactor thread per stream,
-// pinned to a core and owning that stream's connection; the migration thread will hand them
-// work by message.
+// stream reactors (`src --streams N`, N > 1; src/migration/source_streams.h, named
+//   "streamN"): one per further stream, pinned to CPU N mod the online CPUs. Each connects
+//   its own transport, joins, and from then on owns it and its io_uring alone; the migration
+//   thread hands it work (page runs, round ends, deadlines) through a lock-free Mailbox and
+//   waits on its answer counter. The migration thread may only call the transport's Shutdown
+//   from outside (to cut a stalled stream on failure).
+//
+// stream readers (`dst`, a migration with N > 1 streams; src/migration/incoming_streams.h,
+//   named "streamN"): one per further stream, started once all have joined; each reads its
+//   connection (pages straight into guest memory, its STREAM_END markers into the round
+//   barrier, under the IncomingStreams mutex) until its final marker. The incoming migration's
+//   thread waits on the barrier and may call Shutdown on their transports.
 #pragma once
 
 #include <pthread.h>

@@ -48,6 +48,24 @@ def ib_write_bw(size, seconds=4):
     return float(m.group(2))
 
 
+def iperf3(streams, seconds=4):
+    """Gbit/s (decimal) that iperf3 -P STREAMS moves from the lab's address to itself (the
+    two addresses a migration in the lab uses)."""
+    port = str(labkit.next_port() + 20000)
+    server = subprocess.Popen(["iperf3", "-s", "-1", "-p", port], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1)
+        client = subprocess.run(["iperf3", "-c", IP, "-p", port, "-P", str(streams), "-t",
+                                 str(seconds), "-J"], capture_output=True, text=True,
+                                timeout=seconds + 60)
+        if client.returncode != 0:
+            raise RuntimeError(f"iperf3 -P {streams} failed:\n{client.stdout}{client.stderr}")
+        return json.loads(client.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+    finally:
+        server.wait(30)
+
+
 def workload_cmdline(fill_mib):
     return labkit.workload(mib=fill_mib, rate=1)
 
@@ -212,7 +230,12 @@ def main():
                          "interleaved; medians and ranges")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--transport", default="rdma", choices=("rdma", "tcp"))
+    ap.add_argument("--streams", metavar="N,N,...",
+                    help="only TCP (--no-tls) with each stream count against iperf3 -P N, "
+                         "--reps runs each, interleaved; medians and ranges")
     a = ap.parse_args()
+    if a.streams:
+        return streams_scan(a)
     if a.tls_cost:
         return tls_cost(a)
     if a.against:
@@ -302,6 +325,43 @@ def against(a):
         table(runs, ("this build", "other"),
               f"{a.transport}, guest {a.mem} with {a.fill_mib} MiB non-zero; {a.reps} runs "
               f"each, interleaved; median (min-max). Other: {a.against}.\n"))
+
+
+def streams_scan(a):
+    """TCP migrations with N streams (--no-tls: iperf3 is plain too) against iperf3 -P N on
+    the same addresses, measured next to each run, for each N, interleaved."""
+    counts = [int(n) for n in a.streams.split(",")]
+    runs = {n: [] for n in counts}
+    links = {n: [] for n in counts}
+    for i in range(a.reps):
+        for n in counts:
+            log(f"iperf3 -P {n}, run {i + 1} of {a.reps}")
+            links[n].append(iperf3(n))
+            log(f"lmig-rdma over tcp, --streams {n}, run {i + 1} of {a.reps}: {a.mem} guest, "
+                f"{a.fill_mib} MiB non-zero")
+            runs[n].append(lmig_migrate("tcp", a.mem, a.fill_mib, ("--no-tls", "--streams", str(n))))
+
+    def cell(xs, digits):
+        return f"{median(xs):.{digits}f} ({min(xs):.{digits}f}-{max(xs):.{digits}f})"
+
+    lines = [f"TCP without TLS, guest {a.mem} with {a.fill_mib} MiB non-zero; {a.reps} runs "
+             f"each, interleaved; median (min-max).\n",
+             "| streams | iperf3 -P N (Gbit/s) | round-1 throughput (Gbit/s) | ratio | "
+             "total (ms) | downtime (ms) | CPU per GiB sent (ms) |",
+             "|---|---|---|---|---|---|---|"]
+    for n in counts:
+        r1 = [st["per_round"][0]["rate_mbps"] / 1000.0 for st in runs[n]]
+        lines.append(
+            f"| {n} | {cell(links[n], 3)} | {cell(r1, 3)} | "
+            f"{median(r1) / median(links[n]):.2f} | "
+            f"{cell([st['total_time_ms'] for st in runs[n]], 0)} | "
+            f"{cell([st['downtime_ms'] for st in runs[n]], 1)} | "
+            f"{cell([st['cpu_ms'] / (st['transferred_bytes'] / GIB) for st in runs[n]], 0)} |")
+    return write_results(
+        "streams", {"mem": a.mem, "fill_mib": a.fill_mib, "reps": a.reps,
+                    "iperf3_gbps": {str(n): links[n] for n in counts},
+                    "runs": {str(n): runs[n] for n in counts}},
+        "\n".join(lines) + "\n")
 
 
 def tls_cost(a):

@@ -5,7 +5,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PACKAGES=(cmake ninja-build g++ pkg-config linux-libc-dev liburing-dev libibverbs-dev
   librdmacm-dev rdma-core ibverbs-providers ibverbs-utils perftest libabsl-dev libgtest-dev
   libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev libxxhash-dev qemu-system-x86
-  libssl-dev openssl busybox-static cpio kmod iproute2 socat python3 procps tcpdump)
+  libssl-dev openssl busybox-static cpio kmod iproute2 socat python3 procps tcpdump iperf3)
 PACKAGES+=(clang libclang-rt-dev)  # tools/lib/sanitize.sh: libFuzzer, ASan/UBSan runtimes
 
 lmig_install_deps() {
