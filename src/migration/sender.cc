@@ -21,18 +21,6 @@ constexpr uint64_t kBatchBytes = 8ull << 20;  // ranges handed to the transport 
 // part of the estimate's error.
 constexpr int kDryRuns = 3;
 
-bool PageIsZero(const uint8_t* p) {
-  const auto* w = reinterpret_cast<const uint64_t*>(p);
-  uint64_t acc = 0;
-  for (size_t i = 0; i < kPage / 8; i += 8) {
-    acc |= w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7];
-    if (acc != 0) {
-      return false;
-    }
-  }
-  return true;
-}
-
 double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
 
 }  // namespace
@@ -41,24 +29,13 @@ MigrationSender::MigrationSender(Machine* machine, Transport* transport, SenderO
                                  ProgressFn progress)
     : m_(machine), t_(transport), opts_(std::move(opts)), progress_(std::move(progress)) {}
 
-PageBitmap MigrationSender::NonZeroPages(uint64_t& zero_pages) const {
+std::vector<unsigned char> MigrationSender::ResidentPages() const {
   GuestMemory& mem = m_->memory();
-  const uint64_t n = mem.num_pages();
-  PageBitmap bits(n);
-  // Pages never touched are not resident (and read as zero): mincore skips them wholesale.
-  std::vector<unsigned char> resident(n, 1);
+  std::vector<unsigned char> resident(mem.num_pages(), 1);
   if (::mincore(mem.base(), mem.size(), resident.data()) != 0) {
-    std::fill(resident.begin(), resident.end(), 1);
+    resident.clear();  // unknown: every page is scanned
   }
-  zero_pages = 0;
-  for (uint64_t p = 0; p < n; ++p) {
-    if ((resident[p] & 1) && !PageIsZero(mem.base() + p * kPage)) {
-      bits.Set(p);
-    } else {
-      ++zero_pages;
-    }
-  }
-  return bits;
+  return resident;
 }
 
 void MigrationSender::Pace(uint64_t bytes_sent, absl::Time since) {
@@ -176,36 +153,54 @@ absl::Status MigrationSender::DryRunPause() {
 }
 
 absl::StatusOr<MonoClock::time_point> MigrationSender::SendRound(int round,
-                                                                 const PageBitmap& pages,
+                                                                 const PageBitmap* pages,
                                                                  bool final_round, int throttle,
                                                                  MigrationStats& stats) {
   const absl::Time start = absl::Now();
-  const std::vector<RamRange> runs = CoalesceRuns(pages, opts_.max_run_bytes);
-  uint64_t bytes = 0, batch_bytes = 0;
-  std::vector<RamRange> batch;
+  const uint64_t queued_before = streams_->queued_bytes();
   absl::Time last_alive = start;
-  for (const RamRange& r : runs) {
-    batch.push_back({r.offset, r.length});
-    batch_bytes += r.length;
-    if (batch_bytes >= kBatchBytes) {
-      RETURN_IF_ERROR(streams_->Write(batch));
-      bytes += batch_bytes;
-      batch.clear();
-      batch_bytes = 0;
-      Pace(bytes, start);
-      if (absl::Now() - last_alive >= opts_.alive_interval) {
-        RETURN_IF_ERROR(t_->Send(proto::MsgType::kProgress, static_cast<uint32_t>(round),
-                                 proto::Bytes(bytes)));
-        streams_->Alive(static_cast<uint32_t>(round));
-        last_alive = absl::Now();
+  // After each batch: the pace, and now and then a sign of life on every stream.
+  auto after_batch = [&]() -> absl::Status {
+    const uint64_t sent = streams_->queued_bytes() - queued_before;
+    Pace(sent, start);
+    if (absl::Now() - last_alive >= opts_.alive_interval) {
+      RETURN_IF_ERROR(t_->Send(proto::MsgType::kProgress, static_cast<uint32_t>(round),
+                               proto::Bytes(sent)));
+      streams_->Alive(static_cast<uint32_t>(round));
+      last_alive = absl::Now();
+    }
+    return absl::OkStatus();
+  };
+  if (pages == nullptr) {
+    // Round 1: all of memory, each chunk scanned for zero pages by the thread that sends it
+    // (zero_scan.h), so the scan overlaps the sending.
+    GuestMemory& mem = m_->memory();
+    const ScanSource scan{mem.base(), resident_, opts_.max_run_bytes};
+    for (uint64_t off = 0; off < mem.size(); off += kBatchBytes) {
+      RETURN_IF_ERROR(
+          streams_->ScanAndWrite({off, std::min<uint64_t>(kBatchBytes, mem.size() - off)}, scan));
+      RETURN_IF_ERROR(after_batch());
+    }
+  } else {
+    const std::vector<RamRange> runs = CoalesceRuns(*pages, opts_.max_run_bytes);
+    uint64_t batch_bytes = 0;
+    std::vector<RamRange> batch;
+    for (const RamRange& r : runs) {
+      batch.push_back({r.offset, r.length});
+      batch_bytes += r.length;
+      if (batch_bytes >= kBatchBytes) {
+        RETURN_IF_ERROR(streams_->Write(batch));
+        batch.clear();
+        batch_bytes = 0;
+        RETURN_IF_ERROR(after_batch());
       }
     }
+    RETURN_IF_ERROR(streams_->Write(batch));
   }
-  RETURN_IF_ERROR(streams_->Write(batch));
-  bytes += batch_bytes;
   const MonoClock::time_point written = MonoClock::now();
   // Every stream flushed, and each further one's STREAM_END sent, before the END_ROUND.
   RETURN_IF_ERROR(streams_->EndRound(static_cast<uint32_t>(round), final_round));
+  const uint64_t bytes = streams_->queued_bytes() - queued_before;
   proto::EndRound er{static_cast<uint32_t>(round), final_round ? 1u : 0u, bytes / kPage, bytes};
   const MonoClock::time_point marker = MonoClock::now();
   RETURN_IF_ERROR(t_->Send(proto::MsgType::kEndRound, 0, proto::Bytes(er)));
@@ -354,7 +349,7 @@ absl::Status MigrationSender::StopAndCopy(PageBitmap& dirty, MigrationStats& sta
   EndPhase(stats, "dirty_harvest");
   {
     ASSIGN_OR_RETURN(MonoClock::time_point written,
-                     SendRound(stats.rounds + 1, dirty, true, 0, stats));
+                     SendRound(stats.rounds + 1, &dirty, true, 0, stats));
     // Split at the moment the last Write returned: queued, then flushed (RDMA: every WRITE
     // completed, so the pages are in the destination's memory) and the END_ROUND sent.
     const MonoClock::time_point now = MonoClock::now();
@@ -425,11 +420,10 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
     // While the destination creates its VM and registers its memory, this side does its own
     // setup; HELLO_ACK waits in the transport meanwhile.
     RETURN_IF_ERROR(Annotate(m_->dirty_log().Start(), "starting dirty logging"));
-    // Scan for zero pages before registering memory for RDMA (which faults every page in and
-    // so defeats mincore); a page written after the scan is in the next dirty set anyway.
-    uint64_t zero = 0;
-    PageBitmap pages = NonZeroPages(zero);
-    stats.zero_pages_skipped = zero;
+    // Which pages were ever touched, before registering memory for RDMA (which faults every
+    // page in and so defeats mincore); the content scan runs inside round 1. A page written
+    // after either is in the next dirty set anyway.
+    resident_ = ResidentPages();
     RETURN_IF_ERROR(t_->AttachMemory(m_->memory().base(), m_->memory().size()).status());
     RETURN_IF_ERROR(Annotate(AwaitHelloAck(), "handshake"));
     streams_ = std::make_unique<SourceStreams>(t_);
@@ -452,9 +446,15 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
     }
     stats.setup_time_ms = Ms(absl::Now() - start);
     stats.registration_ms = t_->stats().registration_ms;
-    progress_(absl::StrFormat("connected, setup %.1f ms; round 1: all non-zero memory "
-                              "(%d zero pages skipped)", stats.setup_time_ms, zero));
-    RETURN_IF_ERROR(SendRound(1, pages, false, 0, stats).status());
+    progress_(absl::StrFormat("connected, setup %.1f ms; round 1: all non-zero memory, "
+                              "scanned for zero pages as it is sent%s",
+                              stats.setup_time_ms,
+                              opts_.streams > 1
+                                  ? absl::StrFormat(" over %d streams", opts_.streams)
+                                  : std::string()));
+    RETURN_IF_ERROR(SendRound(1, nullptr, false, 0, stats).status());
+    stats.zero_pages_skipped = streams_->zero_pages();
+    resident_ = {};
     PageBitmap dirty(m_->memory().num_pages());
     for (int round = 2;; ++round) {
       if (fixed_.dry_runs < kDryRuns) {
@@ -491,7 +491,7 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
         m_->SetThrottle(throttle);
         progress_(d.reason);
       }
-      RETURN_IF_ERROR(SendRound(round, dirty, false, throttle, stats).status());
+      RETURN_IF_ERROR(SendRound(round, &dirty, false, throttle, stats).status());
     }
     return StopAndCopy(dirty, stats);
   }();

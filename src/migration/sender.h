@@ -58,13 +58,15 @@ class MigrationSender {
   absl::Status SendHello();
   absl::Status AwaitHelloAck();
   absl::Status MeasureRoundTrip();
-  // Sends one round; returns when its last Write returned (the Flush and END_ROUND follow).
+  // Sends one round, PAGES (null: round 1, all of memory but its zero pages, found as it is
+  // sent); returns when its last Write returned (the round's end and END_ROUND follow).
   // The final round's progress line waits for the end of the pause (deferred_progress_).
-  absl::StatusOr<MonoClock::time_point> SendRound(int round, const PageBitmap& pages,
+  absl::StatusOr<MonoClock::time_point> SendRound(int round, const PageBitmap* pages,
                                                   bool final_round, int throttle,
                                                   MigrationStats& stats);
   absl::Status StopAndCopy(PageBitmap& dirty, MigrationStats& stats);
-  PageBitmap NonZeroPages(uint64_t& zero_pages) const;
+  // mincore's answer for guest memory (empty: unknown, every page is scanned).
+  std::vector<unsigned char> ResidentPages() const;
   // Pauses the guest briefly, saves its state and resumes it: the measured fixed costs of the
   // pause's first steps, for the policy (fixed_).
   absl::Status DryRunPause();
@@ -78,6 +80,7 @@ class MigrationSender {
   std::unique_ptr<Transport> sealed_;
   std::unique_ptr<SourceStreams> streams_;  // after HELLO_ACK: every page goes through it
   proto::StreamKey stream_key_{};
+  std::vector<unsigned char> resident_;     // until round 1 has been sent
   SenderOptions opts_;
   ProgressFn progress_;
   std::vector<RoundSample> history_;

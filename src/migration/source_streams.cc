@@ -12,6 +12,7 @@
 #include "src/base/thread_model.h"
 #include "src/migration/stream_join.h"
 #include "src/migration/stream_split.h"
+#include "src/migration/zero_scan.h"
 
 namespace lmig {
 namespace {
@@ -24,8 +25,9 @@ double ThreadCpuMs() {
 
 // What the migration thread asks of a stream reactor.
 struct StreamCommand {
-  enum Kind { kNone, kWrite, kEndRound, kAlive, kDeadline, kStop } kind = kNone;
-  std::vector<RamRange> ranges;   // kWrite
+  enum Kind { kNone, kWrite, kScan, kEndRound, kAlive, kDeadline, kStop } kind = kNone;
+  std::vector<RamRange> ranges;   // kWrite; kScan: the chunks to scan, then send
+  ScanSource scan;                // kScan
   uint32_t round = 0;             // kEndRound, kAlive
   bool final_round = false;       // kEndRound
   absl::Time deadline;            // kDeadline
@@ -72,11 +74,14 @@ class StreamReactor {
   // Only once failed() (the store happened before it).
   const absl::Status& error() const { return error_; }
   // Only after an answer (read after AwaitAnswers).
+  // Any time (relaxed: for pacing and progress): bytes queued so far, zero pages found.
+  uint64_t sent() const { return sent_.load(std::memory_order_relaxed); }
+  uint64_t zero_pages() const { return zero_.load(std::memory_order_relaxed); }
   StreamStats stats() const {
     StreamStats s;
     s.index = index_;
     s.cpu = cpu_;
-    s.bytes = bytes_;
+    s.bytes = sent();
     s.busy_ms = busy_ms_;
     s.cpu_ms = cpu_ms_;
     return s;
@@ -117,11 +122,23 @@ class StreamReactor {
       const MonoClock::time_point start = MonoClock::now();
       absl::Status r;
       switch (c.kind) {
+        case StreamCommand::kScan: {
+          // Round 1: this stream's chunks, scanned for zero pages here, then sent.
+          std::vector<RamRange> runs;
+          uint64_t zero = 0;
+          for (const RamRange& chunk : c.ranges) {
+            zero += ScanChunk(c.scan.base, chunk.offset, chunk.length, c.scan.resident,
+                              c.scan.max_run, runs);
+          }
+          zero_.fetch_add(zero, std::memory_order_relaxed);
+          c.ranges = std::move(runs);
+          [[fallthrough]];
+        }
         case StreamCommand::kWrite:
           r = t_->Write(c.ranges);
           for (const RamRange& x : c.ranges) {
             round_bytes += x.length;
-            bytes_ += x.length;
+            sent_.fetch_add(x.length, std::memory_order_relaxed);
           }
           break;
         case StreamCommand::kEndRound: {
@@ -180,7 +197,7 @@ class StreamReactor {
   mutable std::atomic<uint64_t> answers_{0};
   std::atomic<bool> failed_{false};
   absl::Status error_;
-  uint64_t bytes_ = 0;
+  std::atomic<uint64_t> sent_{0}, zero_{0};
   double busy_ms_ = 0, cpu_ms_ = 0;
 };
 
@@ -253,15 +270,19 @@ void SourceStreams::SetDeadline(absl::Time deadline, std::string what) {
   }
 }
 
+absl::Status SourceStreams::WriteOnStream0(std::span<const RamRange> ranges) {
+  const MonoClock::time_point start = MonoClock::now();
+  absl::Status s = stream0_->Write(ranges);
+  stream0_busy_ms_ += MsBetween(start, MonoClock::now());
+  for (const RamRange& r : ranges) {
+    stream0_bytes_ += r.length;
+  }
+  return s;
+}
+
 absl::Status SourceStreams::Write(std::span<const RamRange> ranges) {
   if (reactors_.empty()) {
-    const MonoClock::time_point start = MonoClock::now();
-    absl::Status s = stream0_->Write(ranges);
-    stream0_busy_ms_ += MsBetween(start, MonoClock::now());
-    for (const RamRange& r : ranges) {
-      stream0_bytes_ += r.length;
-    }
-    return s;
+    return WriteOnStream0(ranges);
   }
   RETURN_IF_ERROR(FirstError());
   std::vector<std::vector<RamRange>> shares = SplitByChunk(ranges, count());
@@ -273,13 +294,44 @@ absl::Status SourceStreams::Write(std::span<const RamRange> ranges) {
       reactors_[i - 1]->Post(std::move(c));
     }
   }
-  const MonoClock::time_point start = MonoClock::now();
-  absl::Status s = stream0_->Write(shares[0]);
-  stream0_busy_ms_ += MsBetween(start, MonoClock::now());
-  for (const RamRange& r : shares[0]) {
-    stream0_bytes_ += r.length;
+  return WriteOnStream0(shares[0]);
+}
+
+absl::Status SourceStreams::ScanAndWrite(const RamRange& range, const ScanSource& scan) {
+  RETURN_IF_ERROR(FirstError());
+  const RamRange one[] = {range};
+  std::vector<std::vector<RamRange>> shares = SplitByChunk(one, count());
+  for (size_t i = 1; i < shares.size(); ++i) {
+    if (!shares[i].empty()) {
+      StreamCommand c;
+      c.kind = StreamCommand::kScan;
+      c.ranges = std::move(shares[i]);
+      c.scan = scan;
+      reactors_[i - 1]->Post(std::move(c));
+    }
   }
-  return s;
+  std::vector<RamRange> runs;
+  for (const RamRange& chunk : shares[0]) {
+    stream0_zero_ += ScanChunk(scan.base, chunk.offset, chunk.length, scan.resident,
+                               scan.max_run, runs);
+  }
+  return WriteOnStream0(runs);
+}
+
+uint64_t SourceStreams::queued_bytes() const {
+  uint64_t b = stream0_bytes_;
+  for (const auto& r : reactors_) {
+    b += r->sent();
+  }
+  return b;
+}
+
+uint64_t SourceStreams::zero_pages() const {
+  uint64_t z = stream0_zero_;
+  for (const auto& r : reactors_) {
+    z += r->zero_pages();
+  }
+  return z;
 }
 
 absl::Status SourceStreams::EndRound(uint32_t round, bool final_round) {

@@ -28,6 +28,14 @@
 
 namespace lmig {
 
+// Round 1's scan (zero_scan.h): the guest memory and mincore's answer for it, both outliving
+// the round.
+struct ScanSource {
+  const uint8_t* base = nullptr;
+  std::span<const unsigned char> resident;
+  uint64_t max_run = 1 << 20;
+};
+
 // Opens a further connection to the same destination with the same options (TLS included).
 using ConnectStreamFn = std::function<absl::StatusOr<std::unique_ptr<Transport>>()>;
 
@@ -57,6 +65,13 @@ class SourceStreams {
   void Alive(uint32_t round);
   // Queues RANGES (guest memory, read when sent) on the streams their chunks belong to.
   absl::Status Write(std::span<const RamRange> ranges);
+  // Round 1: RANGE of guest memory, each chunk scanned for zero pages by the thread of the
+  // stream it belongs to (stream 0's here), its non-zero runs then queued there.
+  absl::Status ScanAndWrite(const RamRange& range, const ScanSource& scan);
+  // Bytes of pages queued on all streams so far (the reactors' count may lag a little), and
+  // zero pages ScanAndWrite found (exact after an EndRound).
+  uint64_t queued_bytes() const;
+  uint64_t zero_pages() const;
   // Ends ROUND on every stream: stream 0 flushed, every further stream flushed and its
   // STREAM_END sent. Returns once all have, or the first error.
   absl::Status EndRound(uint32_t round, bool final_round);
@@ -71,10 +86,12 @@ class SourceStreams {
 
  private:
   absl::Status FirstError() const;
+  absl::Status WriteOnStream0(std::span<const RamRange> ranges);
   absl::Status AwaitAll();
 
   Transport* stream0_;
   uint64_t stream0_bytes_ = 0;
+  uint64_t stream0_zero_ = 0;
   double stream0_busy_ms_ = 0;
   std::vector<std::unique_ptr<StreamReactor>> reactors_;
   uint64_t answers_expected_ = 1;  // the next answer each reactor owes (the join is the first)

@@ -16,6 +16,7 @@
 #include "src/migration/sender.h"
 #include "src/migration/stream_join.h"
 #include "src/migration/stream_split.h"
+#include "src/migration/zero_scan.h"
 #include "src/reactor/mailbox.h"
 #include "tests/unit/tiny_guest.h"
 
@@ -93,6 +94,32 @@ TEST(SplitByChunk, ARunAcrossChunksIsCutAtTheirBoundariesAndNeighboursAlternate)
   const auto u = SplitByChunk(one, 1);
   ASSERT_EQ(u[0].size(), 1u);
   EXPECT_EQ(u[0][0], one[0]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Round 1's zero-page scan, chunk by chunk.
+
+TEST(ScanChunk, FindsTheNonZeroPagesAsCappedRunsAndSkipsUntouchedOnes) {
+  constexpr uint64_t kPages = 64;
+  std::vector<uint8_t> mem(kPages * kPageSize, 0);
+  auto poke = [&](uint64_t page, uint64_t at) { mem[page * kPageSize + at] = 1; };
+  for (uint64_t p : {1, 2, 3, 4, 5, 9, 40, 63}) {
+    poke(p, p == 5 ? kPageSize - 1 : 7);  // the last byte of a page counts too
+  }
+  std::vector<unsigned char> resident(kPages, 1);
+  resident[40] = 0;  // mincore said untouched: skipped unread (it reads as zero anyway)
+  std::vector<RamRange> runs;
+  const uint64_t zero = ScanChunk(mem.data(), 0, kPages * kPageSize, resident, 3 * kPageSize, runs);
+  EXPECT_EQ(zero, kPages - 7);
+  const std::vector<RamRange> want = {{1 * kPageSize, 3 * kPageSize},  // capped at 3 pages
+                                      {4 * kPageSize, 2 * kPageSize},
+                                      {9 * kPageSize, kPageSize},
+                                      {63 * kPageSize, kPageSize}};
+  EXPECT_EQ(runs, want);
+  // A sub-range (one chunk of a larger memory), no residency known: only its own pages.
+  runs.clear();
+  EXPECT_EQ(ScanChunk(mem.data(), 32 * kPageSize, 32 * kPageSize, {}, 1 << 20, runs), 30u);
+  EXPECT_EQ(runs, (std::vector<RamRange>{{40 * kPageSize, kPageSize}, {63 * kPageSize, kPageSize}}));
 }
 
 // ---------------------------------------------------------------------------------------------
