@@ -276,6 +276,11 @@ absl::Status MigrationReceiver::OnComplete(const proto::Message& m, MigrationSta
     return absl::CancelledError("stopped before the guest was handed over (no ACK sent)");
   }
   RETURN_IF_ERROR(t_->Send(MsgType::kAck, 0, proto::AckBytes(ack, phases_)));
+  // The vCPUs start once the ACK has left (RDMA: its SEND completed, acknowledged by the
+  // source's adapter), not while it still waits in the send queue: on a host short of CPUs
+  // (the lab's two) the resumed guest otherwise delays the ACK's own processing. The guest
+  // is handed over either way: a failure here changes nothing but the order.
+  (void)t_->Flush();
   vm_->Release();
   // This side's report: the same steps, as the source will show them.
   DestinationPhases d = PhasesFromTable(phases_, static_cast<int>(hello_.num_cpus));
