@@ -152,18 +152,27 @@ def spawn(args, name):
     return labkit.Proc(args[1:], name, program=args[0])
 
 
-def qemu_migrate(transport, mem, fill_mib):
-    """The peer QEMU migrating the same guest; returns query-migrate's answer (or the error)."""
+def qemu_migrate(transport, mem, fill_mib, multifd=0):
+    """The peer QEMU migrating the same guest (MULTIFD > 0: over that many multifd channels,
+    TCP); returns query-migrate's answer (or the error)."""
     port = labkit.next_port()
     cmdline = labkit.guest_cmdline(workload_cmdline(fill_mib))
     uri = f"{transport}:{IP}:{port}"
     dq, sq = f"/tmp/qmp-dst-{port}", f"/tmp/qmp-src-{port}"
-    dst = spawn(qemu_args(mem, cmdline, dq, incoming=uri), "qemu-dst")
+    # Multifd is set on the destination before it listens: -incoming defer, then
+    # migrate-incoming.
+    dst = spawn(qemu_args(mem, cmdline, dq, incoming="defer" if multifd else uri), "qemu-dst")
     src = spawn(qemu_args(mem, cmdline, sq), "qemu-src")
     try:
         src.wait_for("tick 2 ", 300)
-        Qmp(dq)
+        d = Qmp(dq)
         q = Qmp(sq)
+        if multifd:
+            for side in (d, q):
+                side.cmd("migrate-set-capabilities",
+                         capabilities=[{"capability": "multifd", "state": True}])
+                side.cmd("migrate-set-parameters", **{"multifd-channels": multifd})
+            d.cmd("migrate-incoming", uri=uri)
         # Same downtime target as lmig-rdma's default, and no bandwidth cap (QEMU's default
         # caps migration at 128 MiB/s).
         q.cmd("migrate-set-parameters", **{"downtime-limit": 50, "max-bandwidth": 100 * GIB})
@@ -231,8 +240,11 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--transport", default="rdma", choices=("rdma", "tcp"))
     ap.add_argument("--streams", metavar="N,N,...",
-                    help="only TCP (--no-tls) with each stream count against iperf3 -P N, "
-                         "--reps runs each, interleaved; medians and ranges")
+                    help="only TCP (--no-tls) with each stream count against iperf3 -P N "
+                         "(and, with --multifd, QEMU's multifd with N channels), --reps runs "
+                         "each, interleaved; medians and ranges")
+    ap.add_argument("--multifd", action="store_true",
+                    help="with --streams: the --qemu peer's multifd migration as well")
     a = ap.parse_args()
     if a.streams:
         return streams_scan(a)
@@ -333,6 +345,8 @@ def streams_scan(a):
     counts = [int(n) for n in a.streams.split(",")]
     runs = {n: [] for n in counts}
     links = {n: [] for n in counts}
+    qemu = {n: [] for n in counts}
+    qemu_name = pick_qemu(a.qemu) if a.multifd else ""
     for i in range(a.reps):
         for n in counts:
             log(f"iperf3 -P {n}, run {i + 1} of {a.reps}")
@@ -340,6 +354,9 @@ def streams_scan(a):
             log(f"lmig-rdma over tcp, --streams {n}, run {i + 1} of {a.reps}: {a.mem} guest, "
                 f"{a.fill_mib} MiB non-zero")
             runs[n].append(lmig_migrate("tcp", a.mem, a.fill_mib, ("--no-tls", "--streams", str(n))))
+            if a.multifd:
+                log(f"{qemu_name} multifd, {n} channels, run {i + 1} of {a.reps}")
+                qemu[n].append(qemu_migrate("tcp", a.mem, a.fill_mib, multifd=n))
 
     def cell(xs, digits):
         return f"{median(xs):.{digits}f} ({min(xs):.{digits}f}-{max(xs):.{digits}f})"
@@ -357,9 +374,26 @@ def streams_scan(a):
             f"{cell([st['total_time_ms'] for st in runs[n]], 0)} | "
             f"{cell([st['downtime_ms'] for st in runs[n]], 1)} | "
             f"{cell([st['cpu_ms'] / (st['transferred_bytes'] / GIB) for st in runs[n]], 0)} |")
+    if a.multifd:
+        lines += ["", f"Against {qemu_name}, multifd with the same number of channels "
+                  "(ratios of medians, lmig-rdma / QEMU):", "",
+                  "| streams | QEMU total (ms) | QEMU downtime (ms) | total ratio | "
+                  "downtime ratio | QEMU runs completed |", "|---|---|---|---|---|---|"]
+        for n in counts:
+            ok = [q for q in qemu[n] if q.get("status") == "completed"]
+            if not ok:
+                lines.append(f"| {n} | - | - | - | - | 0 of {len(qemu[n])} |")
+                continue
+            qt = [q["total-time"] for q in ok]
+            qd = [q["downtime"] for q in ok]
+            mt = median([st["total_time_ms"] for st in runs[n]])
+            md = median([st["downtime_ms"] for st in runs[n]])
+            lines.append(f"| {n} | {cell(qt, 0)} | {cell(qd, 0)} | {mt / median(qt):.2f} | "
+                         f"{md / median(qd):.2f} | {len(ok)} of {len(qemu[n])} |")
     return write_results(
         "streams", {"mem": a.mem, "fill_mib": a.fill_mib, "reps": a.reps,
                     "iperf3_gbps": {str(n): links[n] for n in counts},
+                    "qemu": qemu_name, "qemu_multifd": {str(n): qemu[n] for n in counts},
                     "runs": {str(n): runs[n] for n in counts}},
         "\n".join(lines) + "\n")
 
