@@ -93,11 +93,6 @@ class MigrationSender {
   std::string deferred_progress_;
   // Ends the pause phase NAME now (it began where the previous one ended) and returns it.
   Phase& EndPhase(MigrationStats& stats, const char* name);
-  // Turns the destination's ACK phases into pause phases covering the ACK wait (ACK_WAIT_MS;
-  // the COMPLETE's Send took COMPLETE_SEND_MS before it, the last phase in STATS), or reports
-  // why they are missing.
-  void AddDestinationPhases(MigrationStats& stats, const std::vector<proto::PhaseTiming>& dst,
-                            double ack_wait_ms, double complete_send_ms);
 };
 
 }  // namespace lmig
