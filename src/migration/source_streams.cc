@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 
 #include "absl/strings/str_format.h"
 #include "include/lmig/status.h"
@@ -23,6 +25,9 @@ double ThreadCpuMs() {
   return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
+
+}  // namespace
+
 // What the migration thread asks of a stream reactor.
 struct StreamCommand {
   enum Kind { kNone, kWrite, kScan, kEndRound, kAlive, kDeadline, kStop } kind = kNone;
@@ -33,8 +38,6 @@ struct StreamCommand {
   absl::Time deadline;            // kDeadline
   std::string what;               // kDeadline
 };
-
-}  // namespace
 
 // One further stream: its connection, and the thread that owns it.
 class StreamReactor {
@@ -48,6 +51,8 @@ class StreamReactor {
         [this, connect, key, streams, mem] { Main(connect, key, streams, mem); });
   }
   void Post(StreamCommand c) { inbox_.Push(std::move(c)); }
+  // Posts C unless the reactor's inbox is full.
+  bool TryPost(StreamCommand& c) { return inbox_.TryPush(c); }
   // Any thread: ends the connection's waits at once (once it is connected).
   void Shutdown() {
     if (Transport* t = live_.load(std::memory_order_acquire)) {
@@ -270,6 +275,17 @@ void SourceStreams::SetDeadline(absl::Time deadline, std::string what) {
   }
 }
 
+absl::Status SourceStreams::PostWork(StreamReactor& r, StreamCommand c) {
+  // A full inbox is a stream that cannot keep up, or one stalled on its peer: wait for room,
+  // but give up as soon as any stream has failed (the migration has, then), instead of
+  // waiting for this one's own timeout.
+  while (!r.TryPost(c)) {
+    RETURN_IF_ERROR(FirstError());
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status SourceStreams::WriteOnStream0(std::span<const RamRange> ranges) {
   const MonoClock::time_point start = MonoClock::now();
   absl::Status s = stream0_->Write(ranges);
@@ -291,7 +307,7 @@ absl::Status SourceStreams::Write(std::span<const RamRange> ranges) {
       StreamCommand c;
       c.kind = StreamCommand::kWrite;
       c.ranges = std::move(shares[i]);
-      reactors_[i - 1]->Post(std::move(c));
+      RETURN_IF_ERROR(PostWork(*reactors_[i - 1], std::move(c)));
     }
   }
   return WriteOnStream0(shares[0]);
@@ -307,7 +323,7 @@ absl::Status SourceStreams::ScanAndWrite(const RamRange& range, const ScanSource
       c.kind = StreamCommand::kScan;
       c.ranges = std::move(shares[i]);
       c.scan = scan;
-      reactors_[i - 1]->Post(std::move(c));
+      RETURN_IF_ERROR(PostWork(*reactors_[i - 1], std::move(c)));
     }
   }
   std::vector<RamRange> runs;

@@ -40,6 +40,7 @@ struct ScanSource {
 using ConnectStreamFn = std::function<absl::StatusOr<std::unique_ptr<Transport>>()>;
 
 class StreamReactor;
+struct StreamCommand;
 
 class SourceStreams {
  public:
@@ -87,6 +88,7 @@ class SourceStreams {
  private:
   absl::Status FirstError() const;
   absl::Status WriteOnStream0(std::span<const RamRange> ranges);
+  absl::Status PostWork(StreamReactor& r, StreamCommand c);
   absl::Status AwaitAll();
 
   Transport* stream0_;

@@ -30,6 +30,18 @@ class Mailbox {
     tail_.notify_one();
   }
 
+  // Producer thread only: queues V unless the queue is full (then V is left as it was).
+  bool TryPush(T& v) {
+    const uint64_t tail = tail_.load(std::memory_order_relaxed);
+    if (tail - head_.load(std::memory_order_acquire) >= kCapacity) {
+      return false;
+    }
+    slots_[tail % kCapacity] = std::move(v);
+    tail_.store(tail + 1, std::memory_order_release);
+    tail_.notify_one();
+    return true;
+  }
+
   // Consumer thread only. Waits while the queue is empty.
   T Pop() {
     const uint64_t head = head_.load(std::memory_order_relaxed);

@@ -405,10 +405,14 @@ class Streams(Failures):
             labkit.cut_link("tcp", peer)  # that one connection, by its source port
             cut = time.monotonic()
             self.assert_dst_failed(d, d_json, cut, T + MARGIN)
-            reason, _ = self.src_fails(s, cut, T + MARGIN)
+            # The source learns it from whichever of its connections fails first: the cut
+            # stream's own send timing out, or another's once the destination has gone. A
+            # stream stalled with data queued can hold the source for its own --timeout after
+            # its last progress, which may come later than the cut (seen: 11-20 s with T = 10
+            # before the hand-off gave up on a failed stream): bounded by two timeouts.
+            self.src_fails(s, cut, 2 * T + MARGIN)
         finally:
             labkit.restore_link("tcp", peer)
-        self.assertIn("stream", reason)
         st = labkit.load_json(s_json)
         self.assertEqual(st["status"], "failed")
         self.assertEqual(len(st["streams"]), 3)
