@@ -239,12 +239,10 @@ absl::Status SourceStreams::Start(int n, const ConnectStreamFn& connect,
 absl::Status SourceStreams::AwaitJoined() { return AwaitAll(); }
 
 void SourceStreams::Alive(uint32_t round) {
-  for (auto& r : reactors_) {
-    StreamCommand c;
-    c.kind = StreamCommand::kAlive;
-    c.round = round;
-    r->Post(std::move(c));
-  }
+  StreamCommand c;
+  c.kind = StreamCommand::kAlive;
+  c.round = round;
+  Broadcast(c);
 }
 
 absl::Status SourceStreams::AwaitAll() {
@@ -265,14 +263,18 @@ absl::Status SourceStreams::FirstError() const {
   return absl::OkStatus();
 }
 
-void SourceStreams::SetDeadline(absl::Time deadline, std::string what) {
+void SourceStreams::Broadcast(const StreamCommand& c) {
   for (auto& r : reactors_) {
-    StreamCommand c;
-    c.kind = StreamCommand::kDeadline;
-    c.deadline = deadline;
-    c.what = what;
-    r->Post(std::move(c));
+    r->Post(c);
   }
+}
+
+void SourceStreams::SetDeadline(absl::Time deadline, std::string what) {
+  StreamCommand c;
+  c.kind = StreamCommand::kDeadline;
+  c.deadline = deadline;
+  c.what = std::move(what);
+  Broadcast(c);
 }
 
 absl::Status SourceStreams::PostWork(StreamReactor& r, StreamCommand c) {
@@ -351,13 +353,11 @@ uint64_t SourceStreams::zero_pages() const {
 }
 
 absl::Status SourceStreams::EndRound(uint32_t round, bool final_round) {
-  for (auto& r : reactors_) {
-    StreamCommand c;
-    c.kind = StreamCommand::kEndRound;
-    c.round = round;
-    c.final_round = final_round;
-    r->Post(std::move(c));
-  }
+  StreamCommand c;
+  c.kind = StreamCommand::kEndRound;
+  c.round = round;
+  c.final_round = final_round;
+  Broadcast(c);
   const MonoClock::time_point start = MonoClock::now();
   absl::Status s = stream0_->Flush();
   stream0_busy_ms_ += MsBetween(start, MonoClock::now());

@@ -89,6 +89,8 @@ class SourceStreams {
   absl::Status FirstError() const;
   absl::Status WriteOnStream0(std::span<const RamRange> ranges);
   absl::Status PostWork(StreamReactor& r, StreamCommand c);
+  // C to every further stream's reactor.
+  void Broadcast(const StreamCommand& c);
   absl::Status AwaitAll();
 
   Transport* stream0_;

@@ -120,31 +120,6 @@ TEST(TcpTransport, UnreachablePeerNamesTheAddress) {
   EXPECT_THAT(std::string(t.status().message()), testing::HasSubstr("127.0.0.1:1"));
 }
 
-struct Vm {
-  std::unique_ptr<ConsoleBuffer> console;
-  std::unique_ptr<Machine> machine;
-  std::unique_ptr<MachineVm> incoming;
-};
-
-absl::StatusOr<Machine*> CreateVm(Vm& vm, uint64_t mem, int cpus) {
-  ASSIGN_OR_RETURN(vm.console, ConsoleBuffer::Create());
-  MachineConfig c;
-  c.mem_size = mem;
-  c.num_cpus = cpus;
-  ASSIGN_OR_RETURN(vm.machine, Machine::Create(c, vm.console.get()));
-  return vm.machine.get();
-}
-
-// kCounter with a delay loop ten times as long per character (20000 iterations): the guest
-// must outlast a migration (dry-run pauses included) on a loaded 2-core host, or it ends on
-// the source and the destination has nothing left to run.
-std::vector<uint8_t> SlowCounter() {
-  std::vector<uint8_t> code = kCounter;
-  code[13] = 0x20;  // mov bx, 0x4e20
-  code[14] = 0x4e;
-  return code;
-}
-
 // A 16 MiB, 1-vCPU tiny guest running SlowCounter.
 void StartCounterGuest(Vm& vm) {
   ASSERT_TRUE(CreateVm(vm, 16ull << 20, 1).ok());

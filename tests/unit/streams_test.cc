@@ -300,6 +300,16 @@ struct StreamSet {
     EXPECT_TRUE((*t)->AttachMemory(src_mem.data(), src_mem.size()).ok());
     return std::move(*t);
   }
+  // Streams 1 and 2 joined from a thread of their own (the source's ends), and Join's result.
+  absl::Status JoinTwo(std::unique_ptr<Transport>& one, std::unique_ptr<Transport>& two) {
+    std::thread src([&] {
+      one = Joined(1);
+      two = Joined(2);
+    });
+    absl::Status s = Join();
+    src.join();
+    return s;
+  }
   absl::Status Join() {
     return in.Join([this](absl::Time d) { return lb.listener->Accept(d); }, key,
                    absl::Now() + absl::Seconds(10), absl::Seconds(2),
@@ -391,12 +401,7 @@ TEST(IncomingStreams, AStreamThatLiesAboutItsShareOrBreaksFailsTheRoundNamingIt)
   {
     StreamSet s;
     std::unique_ptr<Transport> one, two;
-    std::thread src([&] {
-      one = s.Joined(1);
-      two = s.Joined(2);
-    });
-    ASSERT_TRUE(s.Join().ok());
-    src.join();
+    ASSERT_TRUE(s.JoinTwo(one, two).ok());
     const std::vector<RamRange> r = {{0, kChunk}};
     ASSERT_TRUE(SendShare(*one, r, 1, false, /*lie=*/4096).ok());
     ASSERT_TRUE(SendShare(*two, {}, 1, false).ok());
@@ -415,12 +420,7 @@ TEST(IncomingStreams, AStreamThatLiesAboutItsShareOrBreaksFailsTheRoundNamingIt)
   {
     StreamSet s;
     std::unique_ptr<Transport> one, two;
-    std::thread src([&] {
-      one = s.Joined(1);
-      two = s.Joined(2);
-    });
-    ASSERT_TRUE(s.Join().ok());
-    src.join();
+    ASSERT_TRUE(s.JoinTwo(one, two).ok());
     ASSERT_TRUE(SendShare(*one, {}, 1, false).ok());
     two.reset();  // stream 2 breaks before its marker
     auto got = s.in.AwaitRound(1, false, absl::Now() + absl::Seconds(10));
@@ -431,12 +431,7 @@ TEST(IncomingStreams, AStreamThatLiesAboutItsShareOrBreaksFailsTheRoundNamingIt)
     // A stream that stalls: the round's deadline ends the wait, naming the round.
     StreamSet s;
     std::unique_ptr<Transport> one, two;
-    std::thread src([&] {
-      one = s.Joined(1);
-      two = s.Joined(2);
-    });
-    ASSERT_TRUE(s.Join().ok());
-    src.join();
+    ASSERT_TRUE(s.JoinTwo(one, two).ok());
     ASSERT_TRUE(SendShare(*one, {}, 1, false).ok());
     const absl::Time start = absl::Now();
     auto got = s.in.AwaitRound(1, false, absl::Now() + absl::Milliseconds(500));
@@ -462,29 +457,6 @@ TEST(IncomingStreams, NotEnoughStreamsByTheDeadlineIsAnError) {
 
 // ---------------------------------------------------------------------------------------------
 // The engine with N streams.
-
-struct Vm {
-  std::unique_ptr<ConsoleBuffer> console;
-  std::unique_ptr<Machine> machine;
-  std::unique_ptr<MachineVm> incoming;
-};
-
-absl::StatusOr<Machine*> CreateVm(Vm& vm, uint64_t mem, int cpus) {
-  ASSIGN_OR_RETURN(vm.console, ConsoleBuffer::Create());
-  MachineConfig c;
-  c.mem_size = mem;
-  c.num_cpus = cpus;
-  ASSIGN_OR_RETURN(vm.machine, Machine::Create(c, vm.console.get()));
-  return vm.machine.get();
-}
-
-// kCounter, slowed down so it outlasts the migration (as in migration_test.cc).
-std::vector<uint8_t> SlowCounter() {
-  std::vector<uint8_t> code = kCounter;
-  code[13] = 0x20;
-  code[14] = 0x4e;
-  return code;
-}
 
 // A 32 MiB guest running the counter, with 2..26 MiB filled with a pattern so that every
 // stream has chunks to carry.

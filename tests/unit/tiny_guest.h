@@ -13,6 +13,7 @@
 
 #include "include/lmig/status.h"
 #include "src/machine/machine.h"
+#include "src/migration/machine_vm.h"
 
 namespace lmig::testing_guest {
 
@@ -93,6 +94,32 @@ inline std::string TakeOutput(ConsoleBuffer& console, size_t at_least) {
 inline bool WaitStopped(Machine& m, int timeout_ms) {
   pollfd p{m.stop_fd(), POLLIN, 0};
   return ::poll(&p, 1, timeout_ms) == 1;
+}
+
+// A test VM: its console, the machine, and (as a destination) the receiver's view of it.
+struct Vm {
+  std::unique_ptr<ConsoleBuffer> console;
+  std::unique_ptr<Machine> machine;
+  std::unique_ptr<MachineVm> incoming;
+};
+
+inline absl::StatusOr<Machine*> CreateVm(Vm& vm, uint64_t mem, int cpus) {
+  ASSIGN_OR_RETURN(vm.console, ConsoleBuffer::Create());
+  MachineConfig c;
+  c.mem_size = mem;
+  c.num_cpus = cpus;
+  ASSIGN_OR_RETURN(vm.machine, Machine::Create(c, vm.console.get()));
+  return vm.machine.get();
+}
+
+// kCounter with a delay loop ten times as long per character (20000 iterations): the guest
+// must outlast a migration (dry-run pauses included) on a loaded 2-core host, or it ends on
+// the source and the destination has nothing left to run.
+inline std::vector<uint8_t> SlowCounter() {
+  std::vector<uint8_t> code = kCounter;
+  code[13] = 0x20;  // mov bx, 0x4e20
+  code[14] = 0x4e;
+  return code;
 }
 
 }  // namespace lmig::testing_guest
