@@ -9,6 +9,7 @@
 # Any sanitizer report (halt_on_error), leak (LeakSanitizer) or fuzzer crash is a failure.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+source "$ROOT/tools/lib/setup.sh"  # lmig_cmake
 export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:strict_init_order=1:check_initialization_order=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 JOBS=${LMIG_SANITIZE_JOBS:-2}
@@ -18,7 +19,7 @@ build() {  # DIR TARGETS... -- CMAKE ARGS...
   shift
   while [[ $1 != -- ]]; do targets+=("$1"); shift; done
   shift
-  cmake -S "$ROOT" -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
+  lmig_cmake "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@"
   local rc=0
   ninja -C "$dir" -j"$JOBS" "${targets[@]}" >"$dir/ninja.log" 2>&1 || rc=$?
   grep -vE '^\[[0-9]+/[0-9]+\]|^ninja: Entering' "$dir/ninja.log" >&2 || true

@@ -7,6 +7,7 @@ PACKAGES=(cmake ninja-build g++ pkg-config linux-libc-dev liburing-dev libibverb
   libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev libxxhash-dev qemu-system-x86
   libssl-dev openssl busybox-static cpio kmod iproute2 socat python3 procps tcpdump iperf3)
 PACKAGES+=(clang libclang-rt-dev)  # tools/lib/sanitize.sh: libFuzzer, ASan/UBSan runtimes
+PACKAGES+=(ccache)  # compiles cached across build folders and checkouts (lmig_cmake)
 
 lmig_install_deps() {
   local missing=()
@@ -82,8 +83,23 @@ lmig_backports() {
   fi
 }
 
+# cmake -S $ROOT -B DIR ARGS...: a Ninja build folder whose compiles go through ccache, keyed
+# on paths relative to the checkout, so another checkout of the same sources (tests/lab's
+# clone under /tmp, a CI rerun) compiles nothing again. The cache is ccache's own ($HOME's,
+# or CCACHE_DIR).
+lmig_cmake() {
+  local dir=$1
+  shift
+  local launcher=()
+  if command -v ccache >/dev/null; then
+    export CCACHE_BASEDIR=$ROOT CCACHE_NOHASHDIR=true
+    launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  fi
+  cmake -S "$ROOT" -B "$dir" -G Ninja "${launcher[@]}" "$@" >/dev/null
+}
+
 lmig_build() {
-  cmake -S "$ROOT" -B "$ROOT/build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  lmig_cmake "$ROOT/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo
   ninja -C "$ROOT/build" "$@" | grep -vE '^\[[0-9]+/[0-9]+\]' || true
   test "${PIPESTATUS[0]}" -eq 0
   # The nested guest's initramfs: busybox + the guest workload.
