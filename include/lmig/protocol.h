@@ -16,11 +16,17 @@
 //   dst -> src  kHelloAck     StatusMsg, HelloAckTimes, StreamKey (+ RDMA: the destination's
 //                             memory regions and rkeys, a RegionWire table; the destination
 //                             registers memory only after authentication)
-//   -- with Hello::streams = N > 1 (TCP): streams 1..N-1, each a connection of its own to the
-//      same address (its own TLS handshake when TLS is on), opened after HELLO_ACK --------
+//   -- with Hello::streams = N > 1: streams 1..N-1, each a connection of its own to the same
+//      address (TCP: its own TLS handshake when TLS is on; RDMA: its own rdma_cm connection,
+//      queue pair, CQ and protection domain), opened after HELLO_ACK -------------------
 //   src -> dst  kStreamJoin   StreamJoin, the connection's first message: its index and a
 //                             proof under HELLO_ACK's StreamKey (StreamJoinProof). Anything
 //                             else, a wrong proof, an index out of 1..N-1 or taken: dropped
+//   dst -> src  kStreamJoined once the proof is checked and the stream may carry pages (RDMA:
+//                             its memory registered and its QP opened to remote writes):
+//                             the stream's transport blob, over RDMA its own region table
+//                             (RegionWire, as in HELLO_ACK), over TCP empty. The source
+//                             sends nothing on the stream but the join before it.
 //   src -> dst  kPages        on any stream: the source's chunk splitter gives each 2 MiB chunk
 //                             of guest memory to one stream (SplitByChunk)
 //   src -> dst  kStreamEnd    on streams 1..N-1, after their share of each round (arg = round):
@@ -73,8 +79,9 @@ namespace lmig::proto {
 inline constexpr uint32_t kMagic = 0x47494d4c;  // "LMIG"
 // 2: PROGRESS; 3: ACK echoes COMPLETE; 4: PSK auth; 5: ACK carries the destination's phases;
 // 6: HELLO_ACK carries HelloAckTimes; 7: kTlsAccepted after the TLS handshake; 8: PING/PONG;
-// 9: parallel streams (Hello::streams, StreamKey, STREAM_JOIN, STREAM_END)
-inline constexpr uint32_t kVersion = 9;
+// 9: parallel streams (Hello::streams, StreamKey, STREAM_JOIN, STREAM_END); 10: STREAM_JOINED,
+// streams over RDMA
+inline constexpr uint32_t kVersion = 10;
 // Streams of one migration (Hello::streams): 1..kMaxStreams.
 inline constexpr uint32_t kMaxStreams = 64;
 // Over TLS the destination's first application record, once its handshake has checked the
@@ -95,7 +102,8 @@ inline constexpr uint64_t kMaxDeviceState = 8ull << 20;
 inline constexpr uint32_t kMaxRegions = 64 << 10;
 // HELLO_ACK: a StatusMsg, HelloAckTimes and, over RDMA, the region table (an 8-byte count and
 // kMaxRegions 32-byte RegionWire entries at most); the sizes are checked below.
-inline constexpr uint64_t kMaxHelloAck = 256 + 16 + 32 + 8 + uint64_t{kMaxRegions} * 32;
+inline constexpr uint64_t kMaxRegionTable = 8 + uint64_t{kMaxRegions} * 32;
+inline constexpr uint64_t kMaxHelloAck = 256 + 16 + 32 + kMaxRegionTable;
 
 enum class MsgType : uint16_t {
   kInvalid = 0,
@@ -122,8 +130,11 @@ enum class MsgType : uint16_t {
   // at the end of its share of a round (arg = round).
   kStreamJoin = 14,
   kStreamEnd = 15,
+  // The destination's answer to a STREAM_JOIN it accepted (payload: the stream's region table
+  // over RDMA, nothing over TCP).
+  kStreamJoined = 16,
 };
-inline constexpr uint16_t kLastMsgType = 15;
+inline constexpr uint16_t kLastMsgType = 16;
 inline constexpr uint32_t kMaxPings = 16;
 // Bytes a sealed control record adds to its payload (the AES-GCM tag).
 inline constexpr uint64_t kSealOverhead = 16;

@@ -66,9 +66,9 @@ class Transport {
   // (TransportOptions::timeout) applies as well. WHAT names the phase in the error.
   virtual void SetDeadline(absl::Time deadline, std::string what) = 0;
 
-  // Destination: whether guest memory may be written from the wire now (TCP PAGES frames;
-  // RDMA has its own guard, remote-write registration). Off until called: a source never
-  // takes memory from the wire.
+  // Destination: whether guest memory may be written from the wire now (TCP: PAGES frames;
+  // RDMA: the QP's remote-write access, on top of the MRs' registration). Off until called: a
+  // source never takes memory from the wire.
   virtual void AllowIncomingPages(bool allow) {}
 
   // Both sides: the local guest memory. On the destination (RDMA) this registers it for remote
@@ -87,7 +87,7 @@ class Transport {
 
   // Any thread, while the owning thread may be waiting in a call: ends the connection's every
   // wait at once (TCP: shutdown(2); the owner's call fails, the object stays valid until its
-  // owner destroys it). For the parallel streams' teardown.
+  // owner destroys it; RDMA: the QP to the error state). For the parallel streams' teardown.
   virtual void Shutdown() {}
 
   virtual TransportStats stats() const = 0;

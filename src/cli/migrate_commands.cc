@@ -81,18 +81,10 @@ absl::StatusOr<TransportOptions> OptionsOf(const TransportFlags& f, const crypto
   return o;
 }
 
-absl::StatusOr<int> StreamsOf(int flag, proto::TransportKind kind) {
+absl::StatusOr<int> StreamsOf(int flag) {
   if (flag < 0 || flag > static_cast<int>(proto::kMaxStreams)) {
     return absl::InvalidArgumentError(
         absl::StrFormat("--streams %d: 1..%d (0: the default)", flag, proto::kMaxStreams));
-  }
-  if (kind == proto::TransportKind::kRdma) {
-    if (flag > 1) {
-      return absl::UnimplementedError(absl::StrFormat(
-          "--streams %d: over RDMA this build migrates on one queue pair (--streams 1); "
-          "parallel streams are TCP's so far", flag));
-    }
-    return 1;
   }
   if (flag > 0) {
     return flag;

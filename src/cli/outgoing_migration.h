@@ -29,8 +29,8 @@ proto::TransportKind KindOf(const std::string& transport);
 // How the connection is protected, for the first line each side prints.
 std::string ProtectionOf(const TransportFlags& f, const crypto::Psk* psk, const TlsConfig* tls);
 absl::StatusOr<TransportOptions> OptionsOf(const TransportFlags& f, const crypto::Psk* psk);
-// The stream count for --streams FLAG (0: the default) over KIND.
-absl::StatusOr<int> StreamsOf(int flag, proto::TransportKind kind);
+// The stream count for --streams FLAG (0: the default: the online CPUs, at most 8).
+absl::StatusOr<int> StreamsOf(int flag);
 // The human report on stderr, and the JSON file when asked for.
 void Report(const char* role, const MigrationStats& stats, const std::string& json_path);
 
@@ -69,7 +69,7 @@ class OutgoingMigration {
     opts_.phase_timeout = topts_.timeout;
     opts_.max_run_bytes =
         kind_ == proto::TransportKind::kRdma ? topts_.max_write_bytes : (1 << 20);
-    ASSIGN_OR_RETURN(opts_.streams, StreamsOf(flags_.streams, kind_));
+    ASSIGN_OR_RETURN(opts_.streams, StreamsOf(flags_.streams));
     opts_.connect_stream = [this] {
       return ConnectTransport(kind_, peer_.host, peer_.port, topts_);
     };

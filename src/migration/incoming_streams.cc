@@ -61,7 +61,6 @@ absl::Status IncomingStreams::Join(const AcceptStreamFn& accept, const proto::St
                           index.status().message()));
       continue;
     }
-    RETURN_IF_ERROR(t->AttachMemory(mem.data(), mem.size()).status());
     say(absl::StrFormat("stream %d joined from %s", *index, t->peer()));
     joined[*index] = std::move(t);
     --missing;
@@ -72,14 +71,29 @@ absl::Status IncomingStreams::Join(const AcceptStreamFn& accept, const proto::St
     s->index = i;
     s->t = std::move(joined[i]);
     s->t->SetDeadline(migration_deadline, "the migration");
-    s->t->AllowIncomingPages(true);
     streams_.push_back(std::move(s));
   }
+  // Each reader opens its stream (RDMA: registers the memory for its own protection domain,
+  // the streams in parallel) and then reads it.
   for (auto& s : streams_) {
     Stream* p = s.get();
-    p->reader = std::thread([this, p] { Read(*p); });
+    p->reader = std::thread([this, p, mem] {
+      NameThisThread(absl::StrFormat("stream%d", p->index));
+      if (absl::Status st = Open(*p, mem); !st.ok()) {
+        Fail(*p, st);
+        return;
+      }
+      Read(*p);
+    });
   }
   return absl::OkStatus();
+}
+
+absl::Status IncomingStreams::Open(Stream& s, std::span<uint8_t> mem) {
+  ASSIGN_OR_RETURN(std::vector<uint8_t> blob, s.t->AttachMemory(mem.data(), mem.size()));
+  // Pages may come from the moment the source has STREAM_JOINED.
+  s.t->AllowIncomingPages(true);
+  return Annotate(s.t->Send(proto::MsgType::kStreamJoined, 0, blob), "sending STREAM_JOINED");
 }
 
 void IncomingStreams::Fail(Stream& s, absl::Status why) {
@@ -95,7 +109,10 @@ void IncomingStreams::Fail(Stream& s, absl::Status why) {
 }
 
 void IncomingStreams::Read(Stream& s) {
-  NameThisThread(absl::StrFormat("stream%d", s.index));
+  // RDMA WRITEs land unseen: a stream's bytes are what its markers announce (bounded by the
+  // memory its table exposes), TCP's are counted as they arrive.
+  const bool counted = s.t->kind() == proto::TransportKind::kTcp;
+  uint64_t announced = 0;
   timespec c0{};
   ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
   const MonoClock::time_point start = MonoClock::now();
@@ -111,13 +128,14 @@ void IncomingStreams::Read(Stream& s) {
     if (m->type == proto::MsgType::kStreamEnd) {
       st = [&]() -> absl::Status {
         ASSIGN_OR_RETURN(proto::StreamEnd e, proto::Parse<proto::StreamEnd>(m->payload, m->type));
-        const uint64_t got = s.t->stats().data_bytes - round_start;
+        const uint64_t got = counted ? s.t->stats().data_bytes - round_start : e.bytes;
         if (e.reserved != 0 || e.final_round > 1 || e.bytes != got) {
           return absl::DataLossError(absl::StrFormat(
               "STREAM_END for round %d announces %d bytes of pages (final=%d), %d arrived",
               m->arg, e.bytes, e.final_round, got));
         }
         round_start += got;
+        announced += got;
         final_round = e.final_round == 1;
         if (final_round) {
           s.t->AllowIncomingPages(false);  // nothing more from the wire into guest memory
@@ -156,7 +174,7 @@ void IncomingStreams::Read(Stream& s) {
       break;
     }
   }
-  s.bytes = s.t->stats().data_bytes;
+  s.bytes = counted ? s.t->stats().data_bytes : announced;
   s.busy_ms = MsBetween(start, MonoClock::now());
   timespec c1{};
   ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);

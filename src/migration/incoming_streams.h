@@ -42,8 +42,9 @@ class IncomingStreams {
   // Takes connections from ACCEPT until streams 1..N-1 have joined under KEY, by
   // JOIN_DEADLINE: a connection whose first message (within JOIN_WAIT of its arrival) is not
   // a valid STREAM_JOIN for a free index is dropped; SAY gets one line for each connection
-  // dropped and each stream joined. Each joined stream takes pages into MEM and is read, by
-  // MIGRATION_DEADLINE at the latest, on a thread of its own.
+  // dropped and each stream joined. Each joined stream gets a thread of its own, which
+  // attaches MEM to it (RDMA: registers it), answers STREAM_JOINED (with the stream's region
+  // table over RDMA) and reads it, by MIGRATION_DEADLINE at the latest.
   absl::Status Join(const AcceptStreamFn& accept, const proto::StreamKey& key,
                     absl::Time join_deadline, absl::Duration join_wait,
                     absl::Time migration_deadline, std::span<uint8_t> mem,
@@ -61,6 +62,9 @@ class IncomingStreams {
 
  private:
   struct Stream;
+  // A joined stream's reader, first: attaches the memory, opens the stream to pages and
+  // answers STREAM_JOINED with the stream's transport blob.
+  absl::Status Open(Stream& s, std::span<uint8_t> mem);
   void Read(Stream& s);
   void Fail(Stream& s, absl::Status why);
 

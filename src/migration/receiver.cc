@@ -104,6 +104,9 @@ absl::Status MigrationReceiver::OnHello(const proto::Message& m) {
   const absl::Duration max_time =
       opts_.max_time > absl::ZeroDuration() ? opts_.max_time : MaxTimeFor(hello_.mem_size);
   migration_deadline_ = start_ + max_time;
+  // Stream 0 takes pages from here on (over RDMA its QP opens to remote writes): the source
+  // starts once its further streams have STREAM_JOINED, which may be before Join returns.
+  t_->AllowIncomingPages(true);
   if (hello_.streams > 1) {
     streams_ = std::make_unique<IncomingStreams>(static_cast<int>(hello_.streams));
     RETURN_IF_ERROR(streams_->Join(opts_.accept_stream, stream_key,
@@ -116,7 +119,6 @@ absl::Status MigrationReceiver::OnHello(const proto::Message& m) {
                                 ? absl::StrFormat(", %d streams", hello_.streams)
                                 : std::string()));
   t_->SetDeadline(migration_deadline_, "the migration");
-  t_->AllowIncomingPages(true);
   round_data_start_ = t_->stats().data_bytes;
   state_ = State::kRound;
   return absl::OkStatus();

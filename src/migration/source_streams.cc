@@ -106,10 +106,20 @@ class StreamReactor {
     absl::Status s = [&]() -> absl::Status {
       ASSIGN_OR_RETURN(t_, connect());
       live_.store(t_.get(), std::memory_order_release);
+      // RDMA: this stream's own registration of guest memory (its own protection domain),
+      // in parallel with the other streams'.
       RETURN_IF_ERROR(t_->AttachMemory(mem.data(), mem.size()).status());
       ASSIGN_OR_RETURN(proto::StreamJoin j,
                        MakeStreamJoin(key, static_cast<uint32_t>(index_), streams));
-      return t_->Send(proto::MsgType::kStreamJoin, 0, proto::Bytes(j));
+      RETURN_IF_ERROR(t_->Send(proto::MsgType::kStreamJoin, 0, proto::Bytes(j)));
+      // Nothing goes out on the stream until the destination has taken the join and opened
+      // the stream to pages; over RDMA its answer is where this stream's WRITEs go.
+      ASSIGN_OR_RETURN(proto::Message m, t_->Receive());
+      if (m.type != proto::MsgType::kStreamJoined) {
+        return absl::DataLossError(absl::StrFormat("expected STREAM_JOINED, got %s",
+                                                   proto::MsgTypeName(m.type)));
+      }
+      return Annotate(t_->SetPeerMemory(m.payload), "STREAM_JOINED");
     }();
     Answer(s);
     uint64_t round_bytes = 0;

@@ -31,6 +31,7 @@ const char* MsgTypeName(MsgType t) {
     case MsgType::kPong: return "PONG";
     case MsgType::kStreamJoin: return "STREAM_JOIN";
     case MsgType::kStreamEnd: return "STREAM_END";
+    case MsgType::kStreamJoined: return "STREAM_JOINED";
     default: return "INVALID";
   }
 }
@@ -72,6 +73,7 @@ uint64_t MaxPayload(MsgType type) {
     case MsgType::kPong: return kSealOverhead;  // empty, but sealed after the handshake
     case MsgType::kStreamJoin: return sizeof(StreamJoin);  // never sealed (streams 1..N-1)
     case MsgType::kStreamEnd: return sizeof(StreamEnd);
+    case MsgType::kStreamJoined: return kMaxRegionTable;  // never sealed, as STREAM_JOIN
     default: return 0;
   }
 }
@@ -440,11 +442,6 @@ absl::Status CheckHello(const Hello& h, const HelloLimits& limits) {
   if (h.streams < 1 || h.streams > kMaxStreams) {
     return absl::InvalidArgumentError(
         absl::StrFormat("bad stream count %d in HELLO (1..%d)", h.streams, kMaxStreams));
-  }
-  if (h.streams > 1 && h.transport != static_cast<uint32_t>(TransportKind::kTcp)) {
-    return absl::UnimplementedError(absl::StrFormat(
-        "the source asks for %d streams over RDMA; this destination moves RDMA over one queue "
-        "pair (--streams 1)", h.streams));
   }
   if (h.auth > static_cast<uint32_t>(AuthMode::kPsk)) {
     return absl::InvalidArgumentError(absl::StrFormat("bad auth mode %d in HELLO", h.auth));

@@ -13,6 +13,7 @@
 #include "src/migration/incoming_streams.h"
 #include "src/migration/machine_vm.h"
 #include "src/migration/receiver.h"
+#include "src/migration/source_streams.h"
 #include "src/migration/sender.h"
 #include "src/migration/stream_join.h"
 #include "src/migration/stream_split.h"
@@ -362,6 +363,17 @@ TEST(IncomingStreams, StrangersAreDroppedTheStreamsJoinAndEachRoundLandsBeforeIt
   EXPECT_THAT(s.refused[4], HasSubstr("stream 1 joined from 127.0.0.1:"));
   Transport& one = *conns[4];
   Transport& two = *conns[2];
+  // Each joined stream is answered with STREAM_JOINED (over TCP with no region table); the
+  // refused connections learn nothing but the close.
+  for (Transport* t : {&one, &two}) {
+    auto m = t->Receive();
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ(m->type, proto::MsgType::kStreamJoined);
+    EXPECT_TRUE(m->payload.empty());
+  }
+  for (size_t i : {0, 1, 3}) {
+    EXPECT_FALSE(conns[i]->Receive().ok()) << "refused connection " << i << " got an answer";
+  }
   // Round 1: stream 2 first, its marker in before stream 1's share has even been sent.
   const std::vector<RamRange> all = {{0, 8 * kChunk}};
   const auto shares = SplitByChunk(all, 3);
@@ -437,6 +449,43 @@ TEST(IncomingStreams, AStreamThatLiesAboutItsShareOrBreaksFailsTheRoundNamingIt)
     auto got = s.in.AwaitRound(1, false, absl::Now() + absl::Milliseconds(500));
     EXPECT_EQ(got.status().code(), absl::StatusCode::kDeadlineExceeded);
     EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  }
+}
+
+// The source's side of a join against a destination that lies: a further stream starts only on
+// STREAM_JOINED, and only with a blob its transport can take.
+TEST(SourceStreams, AJoinAnsweredWithAnythingButAValidStreamJoinedFailsNamingTheStream) {
+  struct Case {
+    proto::MsgType type;
+    std::vector<uint8_t> payload;
+    const char* want;
+  };
+  const std::vector<Case> cases = {
+      {proto::MsgType::kPing, {}, "expected STREAM_JOINED, got PING"},
+      {proto::MsgType::kStreamJoined, std::vector<uint8_t>(40, 1), "memory regions"},
+  };
+  for (const Case& c : cases) {
+    Loopback lb = Listen();
+    proto::StreamKey key = *NewStreamKey();
+    std::vector<uint8_t> mem(2 * kChunk);
+    std::thread dst([&] {
+      auto t = lb.listener->Accept(absl::Now() + absl::Seconds(10));
+      ASSERT_TRUE(t.ok()) << t.status();
+      auto join = (*t)->Receive();
+      ASSERT_TRUE(join.ok()) << join.status();
+      EXPECT_EQ(join->type, proto::MsgType::kStreamJoin);
+      EXPECT_TRUE(CheckStreamJoin(join->payload, key, 2).ok());
+      EXPECT_TRUE((*t)->Send(c.type, 0, c.payload).ok());
+      (void)(*t)->Receive();  // until the source gives up on the stream
+    });
+    SourceStreams streams(nullptr);
+    ASSERT_TRUE(streams.Start(2, [&] { return lb.Connect(); }, key, mem).ok());
+    absl::Status joined = streams.AwaitJoined();
+    EXPECT_FALSE(joined.ok());
+    EXPECT_THAT(std::string(joined.message()), HasSubstr("stream 1"));
+    EXPECT_THAT(std::string(joined.message()), HasSubstr(c.want));
+    streams.Close(/*abort=*/true);
+    dst.join();
   }
 }
 

@@ -93,7 +93,28 @@ absl::Status RdmaConnection::Establish(const QueueSizes& sizes,
       WaitCmEvent(reactor_.get(), ch_.get(), RDMA_CM_EVENT_ESTABLISHED, opts_.timeout, peer_)
           .status());
   connected_ = true;
-  return absl::OkStatus();
+  // rdma_cm opens an RC QP to remote reads and writes; the peer gets neither until the owner
+  // says so (a destination once its memory may be written, AllowIncomingPages).
+  SetRemoteWrite(false);
+  return error_;
+}
+
+void RdmaConnection::SetRemoteWrite(bool allow) {
+  ibv_qp_attr a{};
+  a.qp_access_flags = allow ? IBV_ACCESS_REMOTE_WRITE : 0;
+  if (int r = ibv_modify_qp(qp_->qp, &a, IBV_QP_ACCESS_FLAGS); r != 0 && error_.ok()) {
+    error_ = ErrnoStatus(absl::StrFormat("ibv_modify_qp (remote write %s) of the connection "
+                                         "to %s", allow ? "on" : "off", peer_), r);
+  }
+}
+
+void RdmaConnection::Shutdown() {
+  shut_down_.store(true, std::memory_order_release);
+  ibv_qp_attr a{};
+  a.qp_state = IBV_QPS_ERR;
+  if (qp_) {
+    (void)ibv_modify_qp(qp_->qp, &a, IBV_QP_STATE);  // verbs calls are thread-safe
+  }
 }
 
 absl::Status RdmaConnection::PostSend(ibv_send_wr* wr, const char* what) {
@@ -118,6 +139,9 @@ void RdmaConnection::SetDeadline(absl::Time deadline, std::string what) {
 }
 
 absl::Status RdmaConnection::CheckAlive() {
+  if (error_.ok() && shut_down_.load(std::memory_order_acquire)) {
+    error_ = absl::CancelledError(absl::StrFormat("RDMA connection to %s shut down", peer_));
+  }
   if (!error_.ok()) {
     return error_;
   }
@@ -140,6 +164,9 @@ absl::Status RdmaConnection::HandleWc(const ibv_wc& wc) {
   if (wc.status != IBV_WC_SUCCESS) {
     if (wc.status == IBV_WC_WR_FLUSH_ERR && closing_) {
       return absl::OkStatus();  // teardown flushes outstanding work: not a failure
+    }
+    if (wc.status == IBV_WC_WR_FLUSH_ERR && shut_down_.load(std::memory_order_acquire)) {
+      return CheckAlive();  // Shutdown flushed it: that is the error
     }
     if (error_.ok()) {  // the first failure is the cause; flushed work follows it
       error_ = absl::UnavailableError(absl::StrFormat(

@@ -7,10 +7,12 @@
 // TransportOptions::busy_poll). What a completion means is for its token
 // (src/reactor/completion_token.h) and the handler the owner installs to say.
 //
-// Threads: a connection is used by one thread (the migration thread), which drives its
-// reactor inside Poll and the setup calls.
+// Threads: a connection is used by one thread (the migration thread, or a stream's reactor or
+// reader), which drives its reactor inside Poll and the setup calls; only Shutdown may come
+// from another.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -102,6 +104,15 @@ class RdmaConnection {
   absl::Status CheckAlive();
   const absl::Status& error() const { return error_; }
 
+  // What the peer may do to this side's memory through the QP (its qp_access_flags; an MR's
+  // own access flags must allow it too): nothing (the default once established, on both
+  // sides) or, ALLOW, RDMA WRITE. A failure becomes the connection's error.
+  void SetRemoteWrite(bool allow);
+
+  // Any thread, while the owner may wait in Poll: moves the QP to the error state, so its
+  // posted receives flush and the owner's wait ends at once with "shut down".
+  void Shutdown();
+
   // Every wait in Poll fails with DeadlineExceeded once DEADLINE has passed; WHAT names it.
   void SetDeadline(absl::Time deadline, std::string what);
 
@@ -143,6 +154,7 @@ class RdmaConnection {
   absl::Status error_;
   bool connected_ = false;
   bool closing_ = false;
+  std::atomic<bool> shut_down_{false};
   absl::Time deadline_ = absl::InfiniteFuture();
   std::string deadline_what_;
   bool cq_poll_armed_ = false, cq_ready_ = false;

@@ -126,6 +126,16 @@ class RdmaTransport : public Transport {
     return conn_.CheckAlive();
   }
 
+  // Destination: the QP takes the source's WRITEs only while allowed (the MRs, registered
+  // with remote write, say where).
+  void AllowIncomingPages(bool allow) override {
+    if (conn_.side() == RdmaConnection::Side::kDestination) {
+      conn_.SetRemoteWrite(allow);
+    }
+  }
+
+  void Shutdown() override { conn_.Shutdown(); }
+
   void RevokeRemoteAccess() override {
     mem_mrs_.clear();
     local_.clear();

@@ -105,7 +105,7 @@ class TcpTransport : public Transport {
   absl::Status SetPeerMemory(std::span<const uint8_t> blob) override {
     if (!blob.empty()) {
       return absl::DataLossError(absl::StrFormat(
-          "HELLO_ACK from %s carries %d bytes of memory regions on a TCP connection", peer_,
+          "%s sent %d bytes of memory regions on a TCP connection", peer_,
           blob.size()));
     }
     return absl::OkStatus();
