@@ -372,9 +372,9 @@ class LinkCut(Failures):
 
 
 class Streams(Failures):
-    """Parallel streams (--streams N; TCP): the workload guest migrates over 1, 2 and 4
-    streams, each carrying its share; one stream cut mid-round fails the migration on both
-    sides and the source keeps its guest; SIGTERM ends a destination receiving over streams."""
+    """Parallel streams (--streams N; over RDMA each its own rdma_cm connection, QP and
+    registration): the workload guest migrates over 1, 2 and 4 streams, each carrying its
+    share; SIGTERM ends a destination receiving over streams at once."""
 
     def test_workload_migrates_over_1_2_and_4_streams(self):
         for n in (1, 2, 4):
@@ -394,6 +394,32 @@ class Streams(Failures):
     def joined_port(self, d, stream):
         m = d.wait_for(rf"stream {stream} joined from [0-9.]+:(\d+)", 60, stream="err")
         return int(m.group(1))
+
+    def test_sigterm_to_a_destination_receiving_over_streams(self):
+        port = labkit.next_port()
+        s, d, s_json, d_json = self.start_pair(port, ("--max-bandwidth", "6M", "--streams", "2"))
+        self.joined_port(d, 1)
+        s.wait_for(r"src: connected, setup .*; round 1", 120, stream="err")
+        time.sleep(1)
+        d.kill(signal.SIGTERM)
+        since = time.monotonic()
+        rc = d.wait(10)
+        took = time.monotonic() - since
+        self.assertNotEqual(rc, 0)
+        self.assertLessEqual(took, 2, f"dst took {took:.1f}s to end\n" + d.tails(out=0))
+        self.assertIn("stopped by SIGTERM during the incoming migration", d.stderr())
+        self.assertEqual(d.stdout(), "", "a guest ran on the destination")
+        print(f"  dst ended {took:.2f}s after SIGTERM", flush=True)
+        self.src_fails(s, since, T + MARGIN)
+        self.keeps_ticking(s)
+        s.send("reboot -f\n")
+        self.assertEqual(s.wait(60), 3, s.tails(err=2000, out=0))
+
+
+class StreamsTcp(Streams):
+    """Streams over TCP also lose one connection alone (blackhole rules on its port): the
+    migration fails on both sides and the source keeps its guest. (RoCE carries every QP of
+    a host pair on one UDP port: the RDMA suites cut the whole link, LinkCut.)"""
 
     def test_one_stream_cut_mid_round_fails_the_migration(self):
         port = labkit.next_port()
@@ -420,26 +446,6 @@ class Streams(Failures):
         s.send("reboot -f\n")
         self.assertEqual(s.wait(60), 3, s.tails(err=2000, out=0))
         self.assert_ticks_continue(s.stdout())
-
-    def test_sigterm_to_a_destination_receiving_over_streams(self):
-        port = labkit.next_port()
-        s, d, s_json, d_json = self.start_pair(port, ("--max-bandwidth", "6M", "--streams", "2"))
-        self.joined_port(d, 1)
-        s.wait_for(r"src: connected, setup .*; round 1", 120, stream="err")
-        time.sleep(1)
-        d.kill(signal.SIGTERM)
-        since = time.monotonic()
-        rc = d.wait(10)
-        took = time.monotonic() - since
-        self.assertNotEqual(rc, 0)
-        self.assertLessEqual(took, 2, f"dst took {took:.1f}s to end\n" + d.tails(out=0))
-        self.assertIn("stopped by SIGTERM during the incoming migration", d.stderr())
-        self.assertEqual(d.stdout(), "", "a guest ran on the destination")
-        print(f"  dst ended {took:.2f}s after SIGTERM", flush=True)
-        self.src_fails(s, since, T + MARGIN)
-        self.keeps_ticking(s)
-        s.send("reboot -f\n")
-        self.assertEqual(s.wait(60), 3, s.tails(err=2000, out=0))
 
 
 if __name__ == "__main__":

@@ -184,7 +184,7 @@ TEST(BootParams, PointsAtCmdlineInitrdAndE820) {
   EXPECT_TRUE(bp.hdr.loadflags & 0x80);  // CAN_USE_HEAP
   EXPECT_EQ(bp.hdr.boot_flag, 0xaa55);
   EXPECT_EQ(bp.e820_entries, e820.size());
-  EXPECT_EQ(bp.e820_table[3].addr, kHighMemoryStart);
+  EXPECT_EQ(uint64_t{bp.e820_table[3].addr}, kHighMemoryStart);  // a copy: packed
   EXPECT_EQ(sizeof(bp), 4096u);
 }
 

@@ -156,7 +156,7 @@ absl::StatusOr<CmEndpoint> NextConnectRequest(CmEndpoint& listening, absl::Time 
   char ip[INET_ADDRSTRLEN] = "?";
   const auto* peer = reinterpret_cast<const sockaddr_in*>(rdma_get_peer_addr(child));
   ::inet_ntop(AF_INET, &peer->sin_addr, ip, sizeof(ip));
-  ep.name = ip;
+  ep.name = absl::StrFormat("%s:%d", ip, ntohs(peer->sin_port));
   return ep;
 }
 

@@ -39,11 +39,13 @@ absl::StatusOr<BzImage> ParseBzImage(std::span<const uint8_t> image) {
   std::memcpy(&hdr, image.data() + kSetupHeaderOffset, hdr_len);
   if (hdr.boot_flag != kBootFlag) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("not a bzImage: boot flag at 0x1fe is 0x%04x, want 0xaa55", hdr.boot_flag));
+        absl::StrFormat("not a bzImage: boot flag at 0x1fe is 0x%04x, want 0xaa55",
+                        uint16_t{hdr.boot_flag}));  // a copy: the field is packed
   }
   if (hdr.header != kHdrSMagic) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("not a bzImage: no \"HdrS\" magic at 0x202 (found 0x%08x)", hdr.header));
+        absl::StrFormat("not a bzImage: no \"HdrS\" magic at 0x202 (found 0x%08x)",
+                        uint32_t{hdr.header}));
   }
   if (hdr.version < 0x0206) {
     return absl::InvalidArgumentError(absl::StrFormat(
