@@ -56,6 +56,9 @@
 //     HELLO_ACK and the final END_ROUND), then DEVICE_STATE, then COMPLETE; ABORT at any time.
 //   source: HELLO_ACK (or ABORT) after HELLO; then nothing but ACK (or ABORT) after COMPLETE.
 //     It never takes guest memory from the wire: a PAGES frame from the destination is refused.
+//     On a further stream it takes STREAM_JOINED after its join, once, and nothing else.
+//   destination, on a further stream: STREAM_JOIN first, then STREAM_END / PROGRESS (over
+//     TCP also PAGES) until the final round's STREAM_END.
 // Every payload has a per-type size bound (MaxPayload), checked on the header, before a byte
 // of it is read or allocated.
 //

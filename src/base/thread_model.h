@@ -27,16 +27,21 @@
 //
 // stream reactors (`src --streams N`, N > 1; src/migration/source_streams.h, named
 //   "streamN"): one per further stream, pinned to CPU N mod the online CPUs. Each connects
-//   its own transport, joins, and from then on owns it and its io_uring alone; the migration
+//   its own transport (TCP; or RDMA: its own rdma_cm id, QP, CQ, completion channel, PD and
+//   MRs of guest memory, registered on this thread), joins, waits for STREAM_JOINED, and from
+//   then on owns the transport and its io_uring alone; the migration
 //   thread hands it work (page runs, round ends, deadlines) through a lock-free Mailbox and
 //   waits on its answer counter. The migration thread may only call the transport's Shutdown
 //   from outside (to cut a stalled stream on failure).
 //
 // stream readers (`dst`, a migration with N > 1 streams; src/migration/incoming_streams.h,
-//   named "streamN"): one per further stream, started once all have joined; each reads its
-//   connection (pages straight into guest memory, its STREAM_END markers into the round
+//   named "streamN"): one per further stream, started once all have joined; each attaches
+//   guest memory to its transport (RDMA: registers it for the stream's own PD), answers
+//   STREAM_JOINED, then reads its connection (pages straight into guest memory, its
+//   STREAM_END markers into the round
 //   barrier, under the IncomingStreams mutex) until its final marker. The incoming migration's
-//   thread waits on the barrier and may call Shutdown on their transports.
+//   thread waits on the barrier and may call Shutdown on their transports (RDMA: the QP to
+//   the error state, from that thread; verbs calls are thread-safe).
 #pragma once
 
 #include <pthread.h>

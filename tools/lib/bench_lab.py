@@ -31,15 +31,15 @@ def log(msg):
     print(f"bench: {msg}", flush=True)
 
 
-def ib_write_bw(size, seconds=4):
-    """Gbit/s (decimal) of one ib_write_bw run over rxe0 with SIZE-byte messages."""
+def ib_write_bw(size, seconds=4, qps=1):
+    """Gbit/s (decimal) of one ib_write_bw run over rxe0 with SIZE-byte messages on QPS queue
+    pairs."""
     port = str(labkit.next_port() + 10000)
-    server = subprocess.Popen(["ib_write_bw", "-d", "rxe0", "-s", str(size), "-D", str(seconds),
-                               "-p", port, "--report_gbits"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = ["ib_write_bw", "-d", "rxe0", "-s", str(size), "-D", str(seconds), "-q", str(qps),
+            "-p", port, "--report_gbits"]
+    server = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1)
-    client = subprocess.run(["ib_write_bw", "-d", "rxe0", "-s", str(size), "-D", str(seconds),
-                             "-p", port, "--report_gbits", IP],
+    client = subprocess.run(args + [IP],
                             capture_output=True, text=True, timeout=seconds + 60)
     server.wait(30)
     m = re.search(rf"^\s*{size}\s+\d+\s+([\d.]+)\s+([\d.]+)", client.stdout, re.M)
@@ -238,14 +238,17 @@ def main():
                          "earlier commit's): --reps migrations each over --transport, "
                          "interleaved; medians and ranges")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--transport", default="rdma", choices=("rdma", "tcp"))
+    ap.add_argument("--transport", choices=("rdma", "tcp"),
+                    help="with --against (default rdma) or --streams (default tcp)")
     ap.add_argument("--streams", metavar="N,N,...",
-                    help="only TCP (--no-tls) with each stream count against iperf3 -P N "
-                         "(and, with --multifd, QEMU's multifd with N channels), --reps runs "
-                         "each, interleaved; medians and ranges")
+                    help="only each stream count over --transport against the link with N "
+                         "flows (TCP, --no-tls: iperf3 -P N; RDMA: ib_write_bw -q N) and, with "
+                         "--multifd, the QEMU peer (TCP: multifd with N channels; RDMA: its "
+                         "one-QP migration), --reps runs each, interleaved; medians and ranges")
     ap.add_argument("--multifd", action="store_true",
                     help="with --streams: the --qemu peer's multifd migration as well")
     a = ap.parse_args()
+    a.transport = a.transport or ("tcp" if a.streams else "rdma")
     if a.streams:
         return streams_scan(a)
     if a.tls_cost:
@@ -340,30 +343,39 @@ def against(a):
 
 
 def streams_scan(a):
-    """TCP migrations with N streams (--no-tls: iperf3 is plain too) against iperf3 -P N on
-    the same addresses, measured next to each run, for each N, interleaved."""
+    """Migrations with N streams against the link with N flows, measured next to each run, for
+    each N, interleaved: over TCP (--no-tls: iperf3 is plain too) iperf3 -P N, over RDMA
+    ib_write_bw -q N (256 KiB messages, lmig-rdma's WRITE size)."""
+    rdma = a.transport == "rdma"
     counts = [int(n) for n in a.streams.split(",")]
     runs = {n: [] for n in counts}
     links = {n: [] for n in counts}
     qemu = {n: [] for n in counts}
     qemu_name = pick_qemu(a.qemu) if a.multifd else ""
+    link_name = "ib_write_bw -q N" if rdma else "iperf3 -P N"
     for i in range(a.reps):
         for n in counts:
-            log(f"iperf3 -P {n}, run {i + 1} of {a.reps}")
-            links[n].append(iperf3(n))
-            log(f"lmig-rdma over tcp, --streams {n}, run {i + 1} of {a.reps}: {a.mem} guest, "
-                f"{a.fill_mib} MiB non-zero")
-            runs[n].append(lmig_migrate("tcp", a.mem, a.fill_mib, ("--no-tls", "--streams", str(n))))
+            log(f"{link_name.replace('N', str(n))}, run {i + 1} of {a.reps}")
+            links[n].append(ib_write_bw(262144, qps=n) if rdma else iperf3(n))
+            log(f"lmig-rdma over {a.transport}, --streams {n}, run {i + 1} of {a.reps}: "
+                f"{a.mem} guest, {a.fill_mib} MiB non-zero")
+            extra = ("--streams", str(n)) if rdma else ("--no-tls", "--streams", str(n))
+            runs[n].append(lmig_migrate(a.transport, a.mem, a.fill_mib, extra))
             if a.multifd:
-                log(f"{qemu_name} multifd, {n} channels, run {i + 1} of {a.reps}")
-                qemu[n].append(qemu_migrate("tcp", a.mem, a.fill_mib, multifd=n))
+                # QEMU's RDMA migration has one queue pair and no multifd: its one-QP run
+                # stands beside each N.
+                log(f"{qemu_name} {'rdma (one QP)' if rdma else f'multifd, {n} channels'}, "
+                    f"run {i + 1} of {a.reps}")
+                qemu[n].append(qemu_migrate(a.transport, a.mem, a.fill_mib,
+                                            multifd=0 if rdma else n))
 
     def cell(xs, digits):
         return f"{median(xs):.{digits}f} ({min(xs):.{digits}f}-{max(xs):.{digits}f})"
 
-    lines = [f"TCP without TLS, guest {a.mem} with {a.fill_mib} MiB non-zero; {a.reps} runs "
+    what = "RDMA" if rdma else "TCP without TLS"
+    lines = [f"{what}, guest {a.mem} with {a.fill_mib} MiB non-zero; {a.reps} runs "
              f"each, interleaved; median (min-max).\n",
-             "| streams | iperf3 -P N (Gbit/s) | round-1 throughput (Gbit/s) | ratio | "
+             f"| streams | {link_name} (Gbit/s) | round-1 throughput (Gbit/s) | ratio | "
              "total (ms) | downtime (ms) | CPU per GiB sent (ms) |",
              "|---|---|---|---|---|---|---|"]
     for n in counts:
@@ -375,8 +387,9 @@ def streams_scan(a):
             f"{cell([st['downtime_ms'] for st in runs[n]], 1)} | "
             f"{cell([st['cpu_ms'] / (st['transferred_bytes'] / GIB) for st in runs[n]], 0)} |")
     if a.multifd:
-        lines += ["", f"Against {qemu_name}, multifd with the same number of channels "
-                  "(ratios of medians, lmig-rdma / QEMU):", "",
+        peer = ("its RDMA migration (one queue pair, no multifd)" if rdma
+                else "multifd with the same number of channels")
+        lines += ["", f"Against {qemu_name}, {peer} (ratios of medians, lmig-rdma / QEMU):", "",
                   "| streams | QEMU total (ms) | QEMU downtime (ms) | total ratio | "
                   "downtime ratio | QEMU runs completed |", "|---|---|---|---|---|---|"]
         for n in counts:
@@ -392,7 +405,8 @@ def streams_scan(a):
                          f"{md / median(qd):.2f} | {len(ok)} of {len(qemu[n])} |")
     return write_results(
         "streams", {"mem": a.mem, "fill_mib": a.fill_mib, "reps": a.reps,
-                    "iperf3_gbps": {str(n): links[n] for n in counts},
+                    "transport": a.transport, "link": link_name,
+                    "link_gbps": {str(n): links[n] for n in counts},
                     "qemu": qemu_name, "qemu_multifd": {str(n): qemu[n] for n in counts},
                     "runs": {str(n): runs[n] for n in counts}},
         "\n".join(lines) + "\n")
