@@ -35,7 +35,8 @@
 //   from outside (to cut a stalled stream on failure).
 //
 // stream readers (`dst`, a migration with N > 1 streams; src/migration/incoming_streams.h,
-//   named "streamN"): one per further stream, started once all have joined; each attaches
+//   named "streamN"): one per further stream, started once all have joined and pinned as
+//   the source's reactor of the same index is (StreamCpu); each attaches
 //   guest memory to its transport (RDMA: registers it for the stream's own PD), answers
 //   STREAM_JOINED, then reads its connection (pages straight into guest memory, its
 //   STREAM_END markers into the round
@@ -45,6 +46,8 @@
 #pragma once
 
 #include <pthread.h>
+#include <sched.h>
+#include <unistd.h>
 
 #include <string>
 
@@ -53,6 +56,23 @@ namespace lmig {
 // Names the calling thread as `top` and debuggers show it (at most 15 characters kept).
 inline void NameThisThread(const std::string& name) {
   pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+}
+
+// The CPU stream INDEX's thread is pinned to: INDEX mod the online CPUs (-1: unknown).
+inline int StreamCpu(int index) {
+  const long online = ::sysconf(_SC_NPROCESSORS_ONLN);
+  return online > 0 ? static_cast<int>(index % online) : -1;
+}
+
+// Pins the calling thread to CPU (a hint: a refused pin, or CPU < 0, leaves it unpinned).
+inline void PinThisThread(int cpu) {
+  if (cpu < 0) {
+    return;
+  }
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  (void)::sched_setaffinity(0, sizeof(set), &set);
 }
 
 }  // namespace lmig

@@ -13,6 +13,7 @@ namespace lmig {
 
 struct IncomingStreams::Stream {
   uint32_t index = 0;
+  int cpu = -1;                  // its reader's pin (StreamCpu)
   std::unique_ptr<Transport> t;  // used by its reader only; Shutdown from Close
   std::thread reader;
   double busy_ms = 0, cpu_ms = 0;  // written by the reader; read after it is joined
@@ -69,6 +70,7 @@ absl::Status IncomingStreams::Join(const AcceptStreamFn& accept, const proto::St
   for (uint32_t i = 1; i < static_cast<uint32_t>(n_); ++i) {
     auto s = std::make_unique<Stream>();
     s->index = i;
+    s->cpu = StreamCpu(static_cast<int>(i));
     s->t = std::move(joined[i]);
     s->t->SetDeadline(migration_deadline, "the migration");
     streams_.push_back(std::move(s));
@@ -79,6 +81,7 @@ absl::Status IncomingStreams::Join(const AcceptStreamFn& accept, const proto::St
     Stream* p = s.get();
     p->reader = std::thread([this, p, mem] {
       NameThisThread(absl::StrFormat("stream%d", p->index));
+      PinThisThread(p->cpu);
       if (absl::Status st = Open(*p, mem); !st.ok()) {
         Fail(*p, st);
         return;
@@ -239,6 +242,7 @@ std::vector<StreamStats> IncomingStreams::stats() const {
     st.bytes = s->bytes;
     st.busy_ms = s->busy_ms;
     st.cpu_ms = s->cpu_ms;
+    st.cpu = s->cpu;
     out.push_back(st);
   }
   return out;

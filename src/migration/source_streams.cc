@@ -1,8 +1,6 @@
 #include "src/migration/source_streams.h"
 
-#include <sched.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -96,12 +94,7 @@ class StreamReactor {
   void Main(const ConnectStreamFn& connect, const proto::StreamKey& key, uint32_t streams,
             std::span<uint8_t> mem) {
     NameThisThread(absl::StrFormat("stream%d", index_));
-    if (cpu_ >= 0) {
-      cpu_set_t set;
-      CPU_ZERO(&set);
-      CPU_SET(cpu_, &set);
-      (void)::sched_setaffinity(0, sizeof(set), &set);  // a hint: a refused pin runs unpinned
-    }
+    PinThisThread(cpu_);
     const double cpu0 = ThreadCpuMs();
     absl::Status s = [&]() -> absl::Status {
       ASSIGN_OR_RETURN(t_, connect());
@@ -237,10 +230,8 @@ absl::Status SourceStreams::Start(int n, const ConnectStreamFn& connect,
     return absl::InvalidArgumentError(absl::StrFormat(
         "streams: %d (2..%d, once, with a way to connect)", n, proto::kMaxStreams));
   }
-  const long online = ::sysconf(_SC_NPROCESSORS_ONLN);
   for (int i = 1; i < n; ++i) {
-    reactors_.push_back(std::make_unique<StreamReactor>(
-        i, online > 0 ? static_cast<int>(i % online) : -1));
+    reactors_.push_back(std::make_unique<StreamReactor>(i, StreamCpu(i)));
     reactors_.back()->Start(connect, key, static_cast<uint32_t>(n), mem);
   }
   return absl::OkStatus();

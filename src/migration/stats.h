@@ -26,7 +26,7 @@ struct RoundStats {
 // One stream of a migration (--streams): what it carried and what it cost.
 struct StreamStats {
   int index = 0;
-  int cpu = -1;          // the CPU its reactor is pinned to (-1: not pinned, stream 0)
+  int cpu = -1;          // the CPU its reactor (dst: reader) is pinned to (-1: not, stream 0)
   uint64_t bytes = 0;    // of pages
   double busy_ms = 0;    // in its transport's calls
   double cpu_ms = -1;    // its reactor's CPU time (-1: the migration thread's, stream 0)
