@@ -243,12 +243,18 @@ class Failures(Peers):
         n = labkit.ticks(s.stdout())[-1][0]
         s.wait_for(rf"tick {n + 2} ", 30)
 
-    def retry_completes(self, s, port, s_json):
-        """A fresh destination on the same port; the source's one retry (--migrate-retries 1)
-        migrates the guest there: src exits 0, ticks unbroken across both, errors=0."""
+    def fresh_dst(self, s, port):
+        """The fresh destination for the source's retry, on the same port, started as soon as
+        the failed attempt is over (before anything else is checked: the retry waits only
+        --retry-delay)."""
         d2 = self.dst(port, name="dst2")
         self.assertNotIn("retrying the migration", s.stderr(),
                          "the retry began before the fresh destination listened")
+        return d2
+
+    def retry_completes(self, s, d2, port, s_json):
+        """The source's one retry (--migrate-retries 1) migrates the guest to D2: src exits 0,
+        ticks unbroken across both, errors=0."""
         deadline = time.monotonic() + 300  # until src exits, or its retry fails too
         while (s.p.poll() is None and time.monotonic() < deadline
                and s.stderr().count("the guest keeps running here") < 2):
@@ -292,12 +298,13 @@ class StopAndCopyFaults(Failures):
                             "the final round ended before the kill")
         _, failed = self.src_fails(s, paused, T + MARGIN)
         st = labkit.load_json(s_json)  # the failed attempt's (the retry rewrites it)
+        d2 = self.fresh_dst(s, port)
         self.assertEqual(st["status"], "failed")
         self.assertGreater(st["downtime_ms"], 0)
         self.assertLessEqual(st["downtime_ms"], (failed - paused + 1) * 1000)
         print(f"  {TRANSPORT}: paused {st['downtime_ms']:.0f} ms", flush=True)
         self.keeps_ticking(s)
-        self.retry_completes(s, port, s_json)
+        self.retry_completes(s, d2, port, s_json)
 
     def test_destination_stalled_in_stop_and_copy(self):
         """SIGSTOP of the destination in the final round: the source gives up when its
@@ -318,11 +325,12 @@ class StopAndCopyFaults(Failures):
             self.assertGreaterEqual(st["downtime_ms"], (T - 1) * 1000)
             self.assertLessEqual(st["downtime_ms"], min(failed - paused + 1, T + 3) * 1000)
             print(f"  {TRANSPORT}: paused {st['downtime_ms']:.0f} ms", flush=True)
-            self.keeps_ticking(s)
         finally:
             d.kill(signal.SIGCONT)
         self.assert_dst_failed(d, d_json, time.monotonic(), T + MARGIN)
-        self.retry_completes(s, port, s_json)
+        d2 = self.fresh_dst(s, port)
+        self.keeps_ticking(s)
+        self.retry_completes(s, d2, port, s_json)
 
 
 class LinkCut(Failures):
@@ -361,9 +369,10 @@ class LinkCut(Failures):
         finally:
             labkit.restore_link(TRANSPORT, port)
         self.assertEqual(labkit.load_json(s_json)["status"], "failed")
+        d2 = self.fresh_dst(s, port) if TRANSPORT == "tcp" else None
         self.keeps_ticking(s)
-        if TRANSPORT == "tcp":
-            self.retry_completes(s, port, s_json)
+        if d2 is not None:
+            self.retry_completes(s, d2, port, s_json)
         else:
             s.send("reboot -f\n")
             self.assertEqual(s.wait(60), 3, s.tails(err=2000, out=0))
