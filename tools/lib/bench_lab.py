@@ -388,6 +388,9 @@ def streams_scan(a):
     def cell(xs, digits):
         return f"{median(xs):.{digits}f} ({min(xs):.{digits}f}-{max(xs):.{digits}f})"
 
+    def ratio_of(x, y):
+        return f"{x / y:.2f}" if y > 0 else "-"
+
     what = "RDMA" if rdma else "TCP without TLS"
     lines = [f"{what}, guest {a.mem} with {a.fill_mib} MiB non-zero; {a.reps} runs "
              f"each, interleaved; median (min-max).\n",
@@ -398,7 +401,7 @@ def streams_scan(a):
         r1 = [st["per_round"][0]["rate_mbps"] / 1000.0 for st in runs[n]]
         lines.append(
             f"| {n} | {cell(links[n], 3)} | {cell(r1, 3)} | "
-            f"{median(r1) / median(links[n]):.2f} | "
+            f"{ratio_of(median(r1), median(links[n]))} | "
             f"{cell([st['total_time_ms'] for st in runs[n]], 0)} | "
             f"{cell([st['downtime_ms'] for st in runs[n]], 1)} | "
             f"{cell([st['cpu_ms'] / (st['transferred_bytes'] / GIB) for st in runs[n]], 0)} | "
