@@ -48,6 +48,17 @@ void FixedCosts::AddControlSend(double ms) {
   control_spread_ms = sorted.back() - sorted.front();
 }
 
+void FixedCosts::AddRoundOverhead(double round_ms, double pages_ms) {
+  round_overheads.push_back(std::max(round_ms - pages_ms, 0.0));
+  if (round_overheads.size() > kControlSamples) {
+    round_overheads.erase(round_overheads.begin());
+  }
+  std::vector<double> sorted = round_overheads;
+  std::sort(sorted.begin(), sorted.end());
+  round_overhead_ms = sorted[sorted.size() / 2];
+  round_overhead_spread_ms = sorted.back() - sorted.front();
+}
+
 double FixedCosts::Ms(double rate) const {
   double ms = stop_ms + save_ms;
   if (rate > 0) {
@@ -56,11 +67,13 @@ double FixedCosts::Ms(double rate) const {
   ms += std::max(round_trip_ms, 0.0) + std::max(dst_restore_ms, 0.0);
   ms += kPauseControlSends * std::max(control_send_ms, 0.0);
   ms += 2 * state_seal_ms;  // sealed and hashed here, opened and hashed there
+  ms += round_overhead_ms;
   return ms;
 }
 
 double FixedCosts::ErrorMs() const {
-  return spread_ms + kPauseControlSends * control_spread_ms + std::max(round_trip_ms, 0.0);
+  return spread_ms + kPauseControlSends * control_spread_ms + round_overhead_spread_ms +
+         std::max(round_trip_ms, 0.0);
 }
 
 double MeasuredRate(const std::vector<RoundSample>& history) {

@@ -58,16 +58,27 @@ struct FixedCosts {
   double control_send_ms = -1;
   double control_spread_ms = 0;
   std::vector<double> control_sends;  // the last kControlSamples, oldest first
+  // What a round costs beyond its bytes at the measured rate (the hand-off to the streams,
+  // their flushes and STREAM_ENDs, the first WRITE's latency): the median excess of the last
+  // kControlSamples pre-copy rounds (never below 0), and their spread. The final round pays it
+  // once; the pages' rate, measured on big rounds, does not hold it.
+  double round_overhead_ms = 0;
+  double round_overhead_spread_ms = 0;
+  std::vector<double> round_overheads;  // the last kControlSamples, oldest first
 
   // Records one dry run.
   void AddDryRun(double stop, double save, uint64_t bytes);
   // Records one pre-copy END_ROUND send.
   void AddControlSend(double ms);
+  // Records one pre-copy round: it took ROUND_MS for what the measured rate says takes
+  // PAGES_MS.
+  void AddRoundOverhead(double round_ms, double pages_ms);
   // The fixed part of the pause when the link moves RATE bytes/s (0: the state blob's
   // transfer is not counted).
   double Ms(double rate) const;
   // What the measurements themselves say about their error: the dry runs' spread, the control
-  // sends' spread (three of them) and the round trip, measured once, counted again.
+  // sends' spread (three of them), the rounds' overhead spread and the round trip, measured
+  // once, counted again.
   double ErrorMs() const;
 };
 

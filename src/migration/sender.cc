@@ -182,6 +182,8 @@ absl::StatusOr<MonoClock::time_point> MigrationSender::SendRound(int round,
           streams_->ScanAndWrite({off, std::min<uint64_t>(kBatchBytes, mem.size() - off)}, scan));
       RETURN_IF_ERROR(after_batch());
     }
+  } else if (final_round && pages->Count() * kPage <= SourceStreams::kFinalOnStream0Bytes) {
+    RETURN_IF_ERROR(streams_->WriteFinal(CoalesceRuns(*pages, opts_.max_run_bytes)));
   } else {
     const std::vector<RamRange> runs = CoalesceRuns(*pages, opts_.max_run_bytes);
     uint64_t batch_bytes = 0;
@@ -211,6 +213,10 @@ absl::StatusOr<MonoClock::time_point> MigrationSender::SendRound(int round,
   const double secs = absl::ToDoubleSeconds(absl::Now() - start);
   if (!final_round) {
     history_.push_back({bytes, secs});
+    const double rate = MeasuredRate(history_);
+    if (round > 1 && rate > 0) {  // round 1 is most of the rate: its excess says nothing
+      fixed_.AddRoundOverhead(secs * 1000.0, bytes / rate * 1000.0);
+    }
   }
   RoundStats rs;
   rs.round = round;
@@ -360,21 +366,21 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
     RETURN_IF_ERROR(Annotate(AwaitHelloAck(), "handshake"));
     streams_ = std::make_unique<SourceStreams>(t_);
     if (opts_.streams > 1) {
-      // The further streams connect and join in parallel, each on its own reactor, while
-      // this thread measures the round trip on stream 0.
+      // The further streams connect, register (RDMA) and join in parallel, each on its own
+      // reactor.
       RETURN_IF_ERROR(Annotate(
           streams_->Start(opts_.streams, opts_.connect_stream, stream_key_,
                           {m_->memory().base(), m_->memory().size()}),
           "opening the streams"));
+      RETURN_IF_ERROR(Annotate(streams_->AwaitJoined(), "opening the streams"));
     }
-    // A few samples on the idle connection: the slowest is what the estimate counts (one
-    // sample under-read the pause's round trip on a loaded host).
+    // A few samples on the idle connection, once the streams' setup is over (measured beside
+    // it, the RDMA streams' memory registration, CPU-heavy, inflated them past the downtime
+    // target): the slowest is what the estimate counts (one sample under-read the pause's
+    // round trip on a loaded host).
     const int samples = std::clamp<int>(opts_.round_trip_samples, 1, proto::kMaxPings);
     for (int i = 0; i < samples; ++i) {
       RETURN_IF_ERROR(Annotate(MeasureRoundTrip(), "handshake"));
-    }
-    if (opts_.streams > 1) {
-      RETURN_IF_ERROR(Annotate(streams_->AwaitJoined(), "opening the streams"));
     }
     stats.setup_time_ms = Ms(absl::Now() - start);
     stats.registration_ms = t_->stats().registration_ms;
@@ -410,6 +416,7 @@ absl::Status MigrationSender::Run(MigrationStats& stats) {
       stats.estimate.round_trip_ms = fixed_.round_trip_ms;
       stats.estimate.dst_restore_ms = fixed_.dst_restore_ms;
       stats.estimate.control_ms = 3 * std::max(fixed_.control_send_ms, 0.0);
+      stats.estimate.round_overhead_ms = fixed_.round_overhead_ms;
       stats.estimate.state_ms += 2 * fixed_.state_seal_ms;
       if (d.stop_and_copy) {
         // DIRTY (already re-protected) goes in the final round, with whatever the guest

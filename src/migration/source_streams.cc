@@ -289,6 +289,10 @@ absl::Status SourceStreams::PostWork(StreamReactor& r, StreamCommand c) {
   return absl::OkStatus();
 }
 
+absl::Status SourceStreams::WriteFinal(std::span<const RamRange> ranges) {
+  return WriteOnStream0(ranges);
+}
+
 absl::Status SourceStreams::WriteOnStream0(std::span<const RamRange> ranges) {
   const MonoClock::time_point start = MonoClock::now();
   absl::Status s = stream0_->Write(ranges);

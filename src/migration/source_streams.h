@@ -66,6 +66,14 @@ class SourceStreams {
   void Alive(uint32_t round);
   // Queues RANGES (guest memory, read when sent) on the streams their chunks belong to.
   absl::Status Write(std::span<const RamRange> ranges);
+  // The stop-and-copy round's pages when they are few (at most kFinalOnStream0Bytes): all on
+  // stream 0, from this thread, without a hand-off to the reactors, whose wake-ups cost the
+  // pause more than such a round's bytes take. Ordering holds: every earlier round ended on
+  // every stream first (over RDMA its WRITEs completed; over TCP the destination takes stream
+  // 0's pages of a round only after the barrier saw the previous round's markers, which come
+  // after their pages on each stream), and no round follows. Larger final rounds go by Write.
+  absl::Status WriteFinal(std::span<const RamRange> ranges);
+  static constexpr uint64_t kFinalOnStream0Bytes = 1 << 20;
   // Round 1: RANGE of guest memory, each chunk scanned for zero pages by the thread of the
   // stream it belongs to (stream 0's here), its non-zero runs then queued there.
   absl::Status ScanAndWrite(const RamRange& range, const ScanSource& scan);

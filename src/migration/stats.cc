@@ -291,7 +291,8 @@ std::string MigrationStats::ToJson() const {
                                 {"state_ms", estimate.state_ms},
                                 {"round_trip_ms", estimate.round_trip_ms},
                                 {"dst_restore_ms", estimate.dst_restore_ms},
-                                {"control_ms", estimate.control_ms}}},
+                                {"control_ms", estimate.control_ms},
+                                {"round_overhead_ms", estimate.round_overhead_ms}}},
                               {"reason", estimate.reason}};
   }
   return j.dump(2);
@@ -325,10 +326,10 @@ std::string MigrationStats::EstimateText() const {
   }
   return absl::StrFormat(
       "   (estimated %.1f +- %.1f ms: pages %.1f + fixed %.1f = stop %.1f, save %.1f, state "
-      "%.1f, control %.1f, round trip %.1f, dst restore %.1f%s)",
+      "%.1f, control %.1f, round overhead %.1f, round trip %.1f, dst restore %.1f%s)",
       estimate.total_ms, estimate.error_ms, estimate.pages_ms, estimate.fixed_ms,
       estimate.stop_ms, estimate.save_ms, estimate.state_ms, estimate.control_ms,
-      estimate.round_trip_ms, estimate.dst_restore_ms,
+      estimate.round_overhead_ms, estimate.round_trip_ms, estimate.dst_restore_ms,
       estimate.target_met ? "" : "; target not reachable");
 }
 

@@ -99,7 +99,7 @@ struct PauseEstimate {
   // control: the pause's control messages at what an END_ROUND cost in pre-copy; state: the
   // blob at the link's rate plus its seal and checksum on both sides.
   double stop_ms = 0, save_ms = 0, state_ms = 0, round_trip_ms = -1, dst_restore_ms = -1,
-         control_ms = 0;
+         control_ms = 0, round_overhead_ms = 0;
   std::string reason;    // why the policy stopped (or could not fit the target)
   bool target_met = true;  // false: the policy stopped knowing the estimate exceeds the target
 };

@@ -381,6 +381,25 @@ TEST(PolicyWithFixedCosts, StopsLaterWhenTheFixedPartIsLarge) {
   // The state blob's seal and checksum: once on each side.
   sends.state_seal_ms = 1.5;
   EXPECT_DOUBLE_EQ(sends.Ms(100'000'000), 12);
+  // A round's cost beyond its pages at the rate (the streams' hand-off and markers): the
+  // median excess of the last rounds, never negative, its spread in the error.
+  FixedCosts rounds = Fixed(1, 2, -1, -1);
+  rounds.AddRoundOverhead(30, 10);  // 20 ms beyond its pages
+  rounds.AddRoundOverhead(5, 10);   // faster than the rate: 0, not -5
+  rounds.AddRoundOverhead(40, 10);  // 30
+  EXPECT_DOUBLE_EQ(rounds.round_overhead_ms, 20);
+  EXPECT_DOUBLE_EQ(rounds.Ms(100'000'000), 23);
+  EXPECT_DOUBLE_EQ(rounds.ErrorMs(), 30);  // the dry run's spread is 0
+  for (int i = 0; i < 5; ++i) {
+    rounds.AddRoundOverhead(12, 10);  // only the last five count
+  }
+  EXPECT_DOUBLE_EQ(rounds.round_overhead_ms, 2);
+  EXPECT_DOUBLE_EQ(rounds.round_overhead_spread_ms, 0);
+  // 3 MB (30 ms) fits the target 50 with 20 ms of fixed costs, not with a 20 ms round
+  // overhead on top.
+  FixedCosts slow_rounds = big;
+  slow_rounds.AddRoundOverhead(30, 10);
+  EXPECT_FALSE(DecideNextRound(cfg, h, 3'000'000, 0, slow_rounds).stop_and_copy);
 }
 
 TEST(PolicyWithFixedCosts, ThrottlesAndSaysSoWhenPagesAndFixedCannotFit) {
