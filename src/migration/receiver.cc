@@ -96,6 +96,12 @@ absl::Status MigrationReceiver::OnHello(const proto::Message& m) {
   } else {
     times = {};
   }
+  if (s.ok()) {
+    // Stream 0 takes pages once the source has HELLO_ACK (over RDMA its QP opens to remote
+    // writes now, before the source can have the region table; the source's further streams
+    // join after this, and it may write on stream 0 before Join below returns).
+    t_->AllowIncomingPages(true);
+  }
   RETURN_IF_ERROR(
       t_->Send(MsgType::kHelloAck, 0, proto::HelloAckBytes(s, times, blob, stream_key)));
   if (!s.ok()) {
@@ -104,9 +110,6 @@ absl::Status MigrationReceiver::OnHello(const proto::Message& m) {
   const absl::Duration max_time =
       opts_.max_time > absl::ZeroDuration() ? opts_.max_time : MaxTimeFor(hello_.mem_size);
   migration_deadline_ = start_ + max_time;
-  // Stream 0 takes pages from here on (over RDMA its QP opens to remote writes): the source
-  // starts once its further streams have STREAM_JOINED, which may be before Join returns.
-  t_->AllowIncomingPages(true);
   if (hello_.streams > 1) {
     streams_ = std::make_unique<IncomingStreams>(static_cast<int>(hello_.streams));
     RETURN_IF_ERROR(streams_->Join(opts_.accept_stream, stream_key,

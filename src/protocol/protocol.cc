@@ -433,6 +433,11 @@ absl::Status CheckHello(const Hello& h, const HelloLimits& limits) {
     return absl::InvalidArgumentError(
         absl::StrFormat("bad dirty mode %d", static_cast<uint32_t>(h.dirty_mode)));
   }
+  if (h.transport != static_cast<uint32_t>(TransportKind::kTcp) &&
+      h.transport != static_cast<uint32_t>(TransportKind::kRdma)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("bad transport %d in HELLO (1: TCP, 2: RDMA)", h.transport));
+  }
   if (limits.transport != TransportKind::kInvalid &&
       h.transport != static_cast<uint32_t>(limits.transport)) {
     return absl::FailedPreconditionError(absl::StrFormat(

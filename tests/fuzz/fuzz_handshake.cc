@@ -37,7 +37,9 @@ void Destination(std::span<const uint8_t> payload, uint8_t pick) {
     FUZZ_CHECK(h->mem_size % kPageSize == 0);
     FUZZ_CHECK(h->num_cpus >= 1 && h->num_cpus <= kMaxVcpus);
     FUZZ_CHECK(h->streams >= 1 && h->streams <= kMaxStreams);
-    FUZZ_CHECK(h->streams == 1 || h->transport == static_cast<uint32_t>(TransportKind::kTcp));
+    // Either transport carries any stream count (protocol 10).
+    FUZZ_CHECK(h->transport == static_cast<uint32_t>(TransportKind::kTcp) ||
+               h->transport == static_cast<uint32_t>(TransportKind::kRdma));
     FUZZ_CHECK(limits.transport == TransportKind::kInvalid ||
                h->transport == static_cast<uint32_t>(limits.transport));
   } else {

@@ -100,6 +100,16 @@ TEST(Protocol, HelloChecksVersionPageSizeAndKey) {
   rdma_only.transport = proto::TransportKind::kRdma;
   EXPECT_THAT(std::string(proto::CheckHello(h, rdma_only).message()),
               testing::HasSubstr("transport mismatch"));
+  // A transport that is neither, even to a destination that takes any.
+  v = h;
+  v.transport = 7;
+  EXPECT_THAT(std::string(proto::CheckHello(v, Limits("psk")).message()),
+              testing::HasSubstr("bad transport 7"));
+  // Streams over RDMA are fine (protocol 10).
+  v = h;
+  v.transport = static_cast<uint32_t>(proto::TransportKind::kRdma);
+  v.streams = 4;
+  EXPECT_TRUE(proto::CheckHello(v, rdma_only).ok());
 }
 
 // A HELLO announcing 1 TiB was accepted before anything was checked against the host.
