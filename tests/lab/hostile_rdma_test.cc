@@ -71,6 +71,7 @@ void FakeHandshake(Transport* t, std::vector<uint8_t>& mem) {
   ASSERT_TRUE(hello.ok() && hello->type == MsgType::kHello);
   auto blob = t->AttachMemory(mem.data(), mem.size());
   ASSERT_TRUE(blob.ok()) << blob.status();
+  t->AllowIncomingPages(true);  // as a real destination opens its QP to the source's WRITEs
   ASSERT_TRUE(t->Send(MsgType::kHelloAck, 0, OkAck(*blob)).ok());
   for (int i = 0; i < SenderOptions().round_trip_samples; ++i) {  // the round trip, measured
     auto ping = t->Receive();

@@ -75,6 +75,7 @@ struct Buffers {
     if (!s.ok()) {
       return s.status();
     }
+    p.dst->AllowIncomingPages(true);  // the destination's QP opens to remote writes
     return p.src->SetPeerMemory(*blob);
   }
 };
@@ -167,6 +168,29 @@ TEST(RdmaTransport, RevokedRemoteAccessFailsLaterWritesWithAPreciseError) {
   ASSERT_FALSE(f.ok());
   EXPECT_THAT(std::string(f.message()), testing::HasSubstr("remote access error"));
   EXPECT_EQ(b.dst[10 * kPage], 0);
+}
+
+// The destination's MRs say where WRITEs may go, its QP says whether they may come at all: a
+// QP not (or no longer) open to pages refuses them with the MRs still registered, and the
+// memory stays untouched.
+TEST(RdmaTransport, ADestinationQpClosedToPagesRefusesWritesWithItsMemoryRegistered) {
+  for (const bool opened_then_closed : {false, true}) {
+    TransportOptions o;
+    o.timeout = absl::Seconds(10);
+    Pair p = Connect(o, o);
+    ASSERT_TRUE(p.src && p.dst);
+    Buffers b(1 << 20);
+    ASSERT_TRUE(b.Attach(p).ok());
+    if (opened_then_closed) {
+      WriteAndVerify(p, b, {{0, 4 * kPage}});
+    }
+    p.dst->AllowIncomingPages(false);
+    const absl::Status w = p.src->Write(std::vector<RamRange>{{10 * kPage, kPage}});
+    const absl::Status f = w.ok() ? p.src->Flush() : w;
+    ASSERT_FALSE(f.ok()) << "a WRITE landed through a QP closed to pages";
+    EXPECT_THAT(std::string(f.message()), testing::HasSubstr("remote invalid request"));
+    EXPECT_EQ(b.dst[10 * kPage], 0);
+  }
 }
 
 // A failed unsignalled WRITE (wr_id 0) was reported as a failed SEND.
