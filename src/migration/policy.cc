@@ -23,6 +23,19 @@ double SlowestRate(const std::vector<RoundSample>& history) {
   }
   return slowest;
 }
+
+// Adds MS to WINDOW (the last kControlSamples, oldest first) and sets MEDIAN and SPREAD
+// (largest minus smallest) from what it then holds.
+void AddToWindow(std::vector<double>& window, double ms, double& median, double& spread) {
+  window.push_back(ms);
+  if (window.size() > kControlSamples) {
+    window.erase(window.begin());
+  }
+  std::vector<double> sorted = window;
+  std::sort(sorted.begin(), sorted.end());
+  median = sorted[sorted.size() / 2];
+  spread = sorted.back() - sorted.front();
+}
 }  // namespace
 
 void FixedCosts::AddDryRun(double stop, double save, uint64_t bytes) {
@@ -38,25 +51,12 @@ void FixedCosts::AddDryRun(double stop, double save, uint64_t bytes) {
 }
 
 void FixedCosts::AddControlSend(double ms) {
-  control_sends.push_back(ms);
-  if (control_sends.size() > kControlSamples) {
-    control_sends.erase(control_sends.begin());
-  }
-  std::vector<double> sorted = control_sends;
-  std::sort(sorted.begin(), sorted.end());
-  control_send_ms = sorted[sorted.size() / 2];
-  control_spread_ms = sorted.back() - sorted.front();
+  AddToWindow(control_sends, ms, control_send_ms, control_spread_ms);
 }
 
 void FixedCosts::AddRoundOverhead(double round_ms, double pages_ms) {
-  round_overheads.push_back(std::max(round_ms - pages_ms, 0.0));
-  if (round_overheads.size() > kControlSamples) {
-    round_overheads.erase(round_overheads.begin());
-  }
-  std::vector<double> sorted = round_overheads;
-  std::sort(sorted.begin(), sorted.end());
-  round_overhead_ms = sorted[sorted.size() / 2];
-  round_overhead_spread_ms = sorted.back() - sorted.front();
+  AddToWindow(round_overheads, std::max(round_ms - pages_ms, 0.0), round_overhead_ms,
+              round_overhead_spread_ms);
 }
 
 double FixedCosts::Ms(double rate) const {

@@ -80,6 +80,12 @@ struct Buffers {
   }
 };
 
+// Writes RANGES and flushes: a refused WRITE surfaces at either, the first error is returned.
+absl::Status WriteAndFlush(Pair& p, const std::vector<RamRange>& ranges) {
+  const absl::Status w = p.src->Write(ranges);
+  return w.ok() ? p.src->Flush() : w;
+}
+
 // Writes RANGES, then sends an END_ROUND behind them; once the destination has received it,
 // every written byte must be there (RC ordering) and every other byte still zero.
 void WriteAndVerify(Pair& p, Buffers& b, const std::vector<RamRange>& ranges) {
@@ -163,8 +169,7 @@ TEST(RdmaTransport, RevokedRemoteAccessFailsLaterWritesWithAPreciseError) {
   // After migration the destination deregisters its MRs: the old rkeys must not work.
   p.dst->RevokeRemoteAccess();
   b.src[10 * kPage] ^= 0xff;
-  const absl::Status w = p.src->Write(std::vector<RamRange>{{10 * kPage, kPage}});
-  const absl::Status f = w.ok() ? p.src->Flush() : w;
+  const absl::Status f = WriteAndFlush(p, {{10 * kPage, kPage}});
   ASSERT_FALSE(f.ok());
   EXPECT_THAT(std::string(f.message()), testing::HasSubstr("remote access error"));
   EXPECT_EQ(b.dst[10 * kPage], 0);
@@ -185,8 +190,7 @@ TEST(RdmaTransport, ADestinationQpClosedToPagesRefusesWritesWithItsMemoryRegiste
       WriteAndVerify(p, b, {{0, 4 * kPage}});
     }
     p.dst->AllowIncomingPages(false);
-    const absl::Status w = p.src->Write(std::vector<RamRange>{{10 * kPage, kPage}});
-    const absl::Status f = w.ok() ? p.src->Flush() : w;
+    const absl::Status f = WriteAndFlush(p, {{10 * kPage, kPage}});
     ASSERT_FALSE(f.ok()) << "a WRITE landed through a QP closed to pages";
     EXPECT_THAT(std::string(f.message()), testing::HasSubstr("remote invalid request"));
     EXPECT_EQ(b.dst[10 * kPage], 0);
@@ -203,8 +207,7 @@ TEST(RdmaTransport, AFailedUnsignalledWriteIsNamedAsAWrite) {
   ASSERT_TRUE(b.Attach(p).ok());
   p.dst->RevokeRemoteAccess();
   // Two WRITEs (the pages are not contiguous): the first goes unsignalled and fails first.
-  const absl::Status w = p.src->Write(std::vector<RamRange>{{0, kPage}, {2 * kPage, kPage}});
-  const absl::Status f = w.ok() ? p.src->Flush() : w;
+  const absl::Status f = WriteAndFlush(p, {{0, kPage}, {2 * kPage, kPage}});
   ASSERT_FALSE(f.ok());
   EXPECT_THAT(std::string(f.message()), testing::StartsWith("RDMA WRITE to "));
   EXPECT_THAT(std::string(f.message()), testing::HasSubstr("remote access error"));
